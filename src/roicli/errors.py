@@ -1,0 +1,25 @@
+"""roicli's exception types. The CLI maps them to one-line messages and exit codes."""
+
+
+class RoicliError(Exception):
+    """Base class of every error roicli raises on purpose."""
+
+    exit_code = 1
+
+
+class ValidationError(RoicliError, ValueError):
+    """An argument has the wrong shape, type, value or device ("expected X, got Y")."""
+
+
+class InputError(RoicliError):
+    """An input file or stream cannot be read or parsed; the message names the file/row/field."""
+
+
+class OutputError(RoicliError):
+    """An output cannot be written where it was asked for."""
+
+
+class UsageError(RoicliError):
+    """Options that do not fit together (exit code 2, like a usage error)."""
+
+    exit_code = 2

@@ -1,0 +1,148 @@
+"""RoI Align (He et al., Mask R-CNN, 2017), numerically equal to `torchvision.ops.roi_align`.
+
+Pixel model: pixel (i, j) holds the feature value at the continuous point (y=i, x=j). With
+`aligned=False` (torchvision's and Mask R-CNN's original default) a box coordinate c maps to the
+feature coordinate `c * spatial_scale`, so a box edge on a pixel's corner samples half a pixel off.
+`aligned=True` (Detectron2's fix) maps it to `c * spatial_scale - 0.5`: a pixel's *centre* is at +0.5
+in image coordinates, and a box [0, 4] over a 4-pixel image covers exactly those 4 pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from roicli.errors import ValidationError
+from roicli.ops._gather import nhwc_table, separable_pool
+from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
+
+
+def roi_align(
+    input: Tensor,
+    boxes: BoxesLike,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    mode: str = "avg",
+) -> Tensor:
+    """RoI Align: bilinear samples on a regular grid in each bin, averaged (or maxed).
+
+    Args:
+        input (Tensor[N, C, H, W]): feature maps; float32/float64/float16/bfloat16, any layout.
+        boxes (Tensor[K, 5] or list[Tensor[L, 4]]): (batch index, x1, y1, x2, y2) rows, or one
+            (x1, y1, x2, y2) tensor per image, in image coordinates.
+        output_size (int or (PH, PW)): bins per RoI.
+        spatial_scale (float): feature cells per image pixel. A stride-16 backbone gives 1/16, so
+            a box from x=32 to x=96 spans feature columns 2 to 6.
+        sampling_ratio (int): IY = IX = sampling_ratio samples per bin axis; <= 0 means adaptive,
+            `ceil(roi_h / PH)` by `ceil(roi_w / PW)` per RoI.
+        aligned (bool): shift box coordinates by -0.5 (see the module docstring); with
+            `aligned=False` RoIs are also made at least 1x1 feature cell.
+        mode ("avg" or "max"): average the IY*IX bilinear samples of a bin (torchvision), or take
+            their max (mmcv's definition). ONNX RoiAlign's "max" is a different quantity: it maxes
+            the four *weighted corner terms* of each sample, not the interpolated samples.
+
+    Returns:
+        Tensor[K, C, PH, PW] in the input's dtype and device. A sample with y < -1 or y > H (or
+        the same in x) contributes 0 but still counts in the divisor; samples in (-1, 0] clamp to
+        0 and in [H-1, H] to H-1 before interpolation, as torchvision does.
+    """
+    check_input(input)
+    ph, pw = to_pair(output_size)
+    if mode not in ("avg", "max"):
+        raise ValidationError(f"mode: expected 'avg' or 'max', got {mode!r}")
+    if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
+        raise ValidationError(f"sampling_ratio: expected an int, got {sampling_ratio!r}")
+    rois = as_rois(boxes, input)
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros((0, c, ph, pw))
+    ry, wy, gy = align_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, sampling_ratio, aligned, h)
+    rx, wx, gx = align_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, sampling_ratio, aligned, w)
+    table = nhwc_table(input, compute_dtype(input.dtype))
+    base = rois[:, 0].long() * (h * w)  # [K]
+    if mode == "avg":
+        # Each axis carries 1/IY (1/IX), so a tap's weight is w_bilinear / (IY * IX).
+        out = separable_pool(
+            table, w, base,
+            ry.flatten(2), (wy / gy.clamp_min(1)[:, None, None, None]).flatten(2),
+            rx.flatten(2), (wx / gx.clamp_min(1)[:, None, None, None]).flatten(2),
+            compact=sampling_ratio <= 0,
+        )  # [K, PH, PW, C]
+    else:
+        out = _max_of_samples(table, w, base, ry, wy, gy, rx, wx, gx)
+    # A channels-last view of [K, PH, PW, C]: same values as a contiguous tensor, no extra copy.
+    return out.permute(0, 3, 1, 2).to(input.dtype)
+
+
+def align_taps(
+    start: Tensor,
+    end: Tensor,
+    spatial_scale: float,
+    pooled: int,
+    sampling_ratio: int,
+    aligned: bool,
+    size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear taps of RoI Align's samples along one axis.
+
+    start/end `Tensor[K]`: box edges in image coordinates (x1/x2 or y1/y2).
+    Returns idx `Tensor[K, P, G, 2]` (low and high pixel of each sample), weight `Tensor[K, P, G, 2]`
+    (0 for samples outside `[-1, size]` and for padding beyond a RoI's own grid) and the grid
+    `Tensor[K]` (samples per bin along this axis). The arithmetic follows torchvision's kernel step
+    by step in the boxes' dtype, so sample positions agree to the last bit.
+    """
+    dtype = start.dtype
+    scale = torch.tensor(spatial_scale, dtype=dtype, device=start.device)
+    offset = 0.5 if aligned else 0.0
+    lo = start * scale - offset  # [K]
+    length = end * scale - offset - lo
+    if not aligned:
+        length = length.clamp_min(1.0)
+    bin_size = length / pooled  # [K]
+    if sampling_ratio > 0:
+        grid = torch.full_like(lo, sampling_ratio, dtype=torch.long)
+    else:
+        grid = torch.ceil(bin_size).long().clamp_min(0)
+    g = int(grid.max())
+    p = torch.arange(pooled, device=lo.device, dtype=dtype)
+    i = torch.arange(g, device=lo.device)
+    pos = (lo[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
+        (i.to(dtype) + 0.5)[None, None, :] * bin_size[:, None, None]
+    ) / grid.to(dtype)[:, None, None]  # [K, P, G]
+    valid = (pos >= -1.0) & (pos <= size) & (i[None, None, :] < grid[:, None, None])
+    pos = pos.clamp_min(0.0)
+    low = pos.long()  # trunc == floor for pos >= 0
+    at_end = low >= size - 1
+    low = torch.where(at_end, size - 1, low)
+    high = torch.where(at_end, size - 1, low + 1)
+    frac = torch.where(at_end, 0.0, pos - low.to(dtype))  # [K, P, G]
+    idx = torch.stack([low, high], dim=-1)  # [K, P, G, 2]
+    weight = torch.stack([1.0 - frac, frac], dim=-1) * valid[..., None]  # [K, P, G, 2]
+    return idx, weight, grid
+
+
+def _max_of_samples(table, width, base, ry, wy, gy, rx, wx, gx) -> Tensor:
+    """mode="max": interpolate every sample (a bag of its 4 taps), then max over the bin's samples."""
+    k, ph, iy, _ = ry.shape
+    pw, ix = rx.shape[1:3]
+    # One "bin" per sample: rows [K, PH*IY, 2], cols [K, PW*IX, 2].
+    samples = separable_pool(
+        table, width, base,
+        ry.reshape(k, ph * iy, 2), wy.reshape(k, ph * iy, 2),
+        rx.reshape(k, pw * ix, 2), wx.reshape(k, pw * ix, 2),
+    )  # [K, PH*IY, PW*IX, C]
+    c = samples.shape[-1]
+    samples = samples.view(k, ph, iy, pw, ix, c).permute(0, 1, 3, 5, 2, 4)  # [K, PH, PW, C, IY, IX]
+    real = (torch.arange(iy, device=gy.device)[None, :] < gy[:, None])[:, :, None] & (
+        torch.arange(ix, device=gx.device)[None, :] < gx[:, None]
+    )[:, None, :]  # [K, IY, IX]
+    samples = samples.masked_fill(~real[:, None, None, None], float("-inf")).flatten(4)
+    if samples.shape[-1] == 0:
+        return samples.new_zeros((k, ph, pw, c))
+    out = samples.max(dim=-1).values  # [K, PH, PW, C]
+    empty = ((gy == 0) | (gx == 0))[:, None, None, None]
+    return out.masked_fill(empty, 0.0)

@@ -49,7 +49,7 @@ def separable_pool(
     """
     k, ph, a = rows.shape
     pw, b = cols.shape[1:]
-    if a * b == 0:  # no taps at all (e.g. adaptive sampling of empty RoIs)
+    if ph * pw * a * b == 0:  # no taps at all (e.g. adaptive sampling of empty RoIs)
         return table.new_zeros((k, ph, pw, table.shape[1])) + 0 * table.sum()
     per_roi = ph * pw * a * b
     step = max(1, _CHUNK_ENTRIES // per_roi)

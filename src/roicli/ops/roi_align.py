@@ -112,9 +112,9 @@ def align_taps(
     i = torch.arange(g, device=lo.device)
     pos = (lo[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
         (i.to(dtype) + 0.5)[None, None, :] * bin_size[:, None, None]
-    ) / grid.to(dtype)[:, None, None]  # [K, P, G]
+    ) / grid.clamp_min(1).to(dtype)[:, None, None]  # [K, P, G]
     valid = (pos >= -1.0) & (pos <= size) & (i[None, None, :] < grid[:, None, None])
-    pos = pos.clamp_min(0.0)
+    pos = pos.clamp(0.0, float(size))  # beyond `size` the sample is invalid anyway
     low = pos.long()  # trunc == floor for pos >= 0
     at_end = low >= size - 1
     low = torch.where(at_end, size - 1, low)

@@ -9,7 +9,7 @@ from roicli.ops._gather import nhwc_table
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
 
 # Gathered elements per chunk of RoIs (bounds temporary memory whatever K is).
-_CHUNK_ELEMENTS = 1 << 25
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def roi_pool(

@@ -330,6 +330,51 @@ def test_precise_roi_pool_matches_reference(p, output_size, aligned):
     assert_close(got, want)
 
 
+@pytest.mark.parametrize("op_name", ["roi_align", "roi_align_max", "roi_pool", "precise_roi_pool"])
+def test_many_rois_match_reference_on_a_sample(op_name):
+    """Thousands of RoIs (so implementations that work in chunks use several); a spread-out
+    sample of rows is checked against the reference."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 32, 32, generator=gen, dtype=F64)
+    k = 6000
+    xy = torch.rand(k, 2, generator=gen, dtype=F64) * 40 - 4
+    wh = torch.rand(k, 2, generator=gen, dtype=F64) * 20
+    batch = torch.randint(0, 2, (k, 1), generator=gen).to(F64)
+    boxes = torch.cat([batch, xy, xy + wh], dim=1)
+    ops = {
+        "roi_align": (
+            lambda b: roi_align(x, b, 7, 1.0, -1, True),
+            lambda b: ref.roi_align_ref(x, b, 7, 1.0, -1, True),
+        ),
+        "roi_align_max": (
+            lambda b: roi_align(x, b, 7, 1.0, 2, False, mode="max"),
+            lambda b: ref.roi_align_ref(x, b, 7, 1.0, 2, False, "max"),
+        ),
+        "roi_pool": (lambda b: roi_pool(x, b, 7), lambda b: ref.roi_pool_ref(x, b, 7)),
+        "precise_roi_pool": (
+            lambda b: precise_roi_pool(x, b, 7),
+            lambda b: ref.precise_roi_pool_ref(x, b, 7),
+        ),
+    }
+    op, reference = ops[op_name]
+    got = op(boxes)
+    assert got.shape == (k, 3, 7, 7)
+    rows = torch.arange(0, k, 149)
+    assert_close(got[rows], reference(boxes[rows]))
+
+
+@pytest.mark.parametrize("width", [1e-6, 1e-9, 1e-12, 1e-14])
+def test_precise_roi_pool_is_continuous_at_zero_width(width):
+    """A bin of width w differs from the zero-width (point) value by at most w times f's slope
+    (here < 2), so a tiny width must give the point value up to ~w, not a cancellation error."""
+    x = torch.rand(1, 2, 6, 7, generator=torch.Generator().manual_seed(0), dtype=F64)
+    thin = torch.tensor([[0, 2.3, 1.7, 2.3 + width, 3.9]], dtype=F64)  # 1 bin, width ~w in x
+    flat = torch.tensor([[0, 2.3, 1.7, 2.3, 3.9]], dtype=F64)  # the limit: x fixed at 2.3
+    point = precise_roi_pool(x, flat, 1, 1.0, False)
+    assert_close(point, ref.precise_roi_pool_ref(x, flat, 1, 1.0, False))
+    assert_close(precise_roi_pool(x, thin, 1, 1.0, False), point, atol=1e-10 + 4 * width, rtol=0)
+
+
 # =============================================================================================
 # Cross-op identities
 # =============================================================================================

@@ -5,7 +5,7 @@
 """
 
 from roicli.ops.modules import MultiScaleRoIAlign, PreciseRoIPool, RoIAlign, RoIPool
-from roicli.ops.multiscale import fpn_levels, multiscale_roi_align
+from roicli.ops.multiscale import fpn_levels, multiscale_roi_align, pool_levels
 from roicli.ops.precise import precise_roi_pool
 from roicli.ops.roi_align import roi_align
 from roicli.ops.roi_pool import roi_pool
@@ -17,6 +17,7 @@ __all__ = [
     "RoIPool",
     "fpn_levels",
     "multiscale_roi_align",
+    "pool_levels",
     "precise_roi_pool",
     "roi_align",
     "roi_pool",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -72,11 +72,33 @@ def multiscale_roi_align(
     ph, pw = to_pair(output_size)
     rois = as_rois(boxes, first)
     levels = fpn_levels(rois, scales, canonical_size, canonical_level)
-    out = first.new_zeros((rois.shape[0], first.shape[1], ph, pw))
+    return pool_levels(
+        lambda feat, r, scale: roi_align(feat, r, (ph, pw), scale, sampling_ratio, aligned),
+        features, rois, levels, scales,
+    )
+
+
+def pool_levels(
+    op: Callable[[Tensor, Tensor, float], Tensor],
+    features: Sequence[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: Sequence[float],
+) -> Tensor:
+    """`op(features[l], rois_of_level_l, scales[l])` for each level; results in input RoI order.
+
+    rois `Tensor[K, 5]`, levels `Tensor[K]` (from `fpn_levels`). One op call per level, no loop
+    over RoIs.
+    """
+    out = None
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.nonzero(levels == lvl).squeeze(1)
-        if idx.numel():
-            out = out.index_put((idx,), roi_align(
-                feat, rois[idx], (ph, pw), scale, sampling_ratio, aligned
-            ))
+        if idx.numel() == 0:
+            continue
+        pooled = op(feat, rois[idx], scale)  # [K_l, C, PH, PW]
+        if out is None:
+            out = pooled.new_zeros((rois.shape[0], *pooled.shape[1:]))
+        out = out.index_put((idx,), pooled)
+    if out is None:  # no RoIs at all
+        out = op(features[0], rois, scales[0])
     return out

@@ -1,0 +1,1 @@
+"""Reading feature maps and RoIs, writing outputs atomically. No math beyond format conversion."""

@@ -89,9 +89,7 @@ def bilinear(fmap: list[list[float]], y: float, x: float) -> float:
     )
 
 
-def _align_geometry(
-    box: Box, ph_count: int, pw_count: int, spatial_scale: float, sampling_ratio: int, aligned: bool
-):
+def _align_geometry(box: Box, ph_count: int, pw_count: int, spatial_scale: float, sampling_ratio: int, aligned: bool):
     _, bx1, by1, bx2, by2 = box
     offset = 0.5 if aligned else 0.0
     x1 = bx1 * spatial_scale - offset
@@ -182,9 +180,7 @@ def roi_align_ambiguous_bins(
         for ph in range(ph_count):
             for pw in range(pw_count):
                 for y, x in _align_samples(y1, x1, bin_h, bin_w, grid_h, grid_w, ph, pw):
-                    if min(abs(y + 1), abs(y - h), abs(x + 1), abs(x - w)) < tol * (
-                        1 + abs(y) + abs(x)
-                    ):
+                    if min(abs(y + 1), abs(y - h), abs(x + 1), abs(x - w)) < tol * (1 + abs(y) + abs(x)):
                         mask[k, ph, pw] = True
     return mask
 
@@ -231,9 +227,7 @@ def _roi_pool_with_argmax(input, boxes, output_size, spatial_scale):
     out = torch.zeros(len(rows), n_ch, ph_count, pw_count, dtype=torch.float64)
     argmax: dict[tuple[int, int, int, int], tuple[int, int]] = {}
     for k, box in enumerate(rows):
-        for ph, pw, hstart, hend, wstart, wend in _pool_windows(
-            box, ph_count, pw_count, spatial_scale, h, w
-        ):
+        for ph, pw, hstart, hend, wstart, wend in _pool_windows(box, ph_count, pw_count, spatial_scale, h, w):
             if hend <= hstart or wend <= wstart:
                 continue  # empty bin: output 0, no gradient
             for c in range(n_ch):
@@ -336,9 +330,7 @@ def precise_roi_pool_ref(
                 x_rule = averaging_rule(x1 + pw * bin_w, x1 + (pw + 1) * bin_w)
                 for c in range(n_ch):
                     fmap = feats[b][c]
-                    out[k, c, ph, pw] = sum(
-                        wy * wx * continuous_f(fmap, y, x) for y, wy in y_rule for x, wx in x_rule
-                    )
+                    out[k, c, ph, pw] = sum(wy * wx * continuous_f(fmap, y, x) for y, wy in y_rule for x, wx in x_rule)
     return out
 
 
@@ -386,7 +378,5 @@ def multiscale_roi_align_ref(
     out = torch.zeros(len(rows), features[0].shape[1], ph_count, pw_count, dtype=torch.float64)
     for k, (row, level) in enumerate(zip(rows, levels, strict=True)):
         one = torch.tensor([row], dtype=torch.float64)
-        out[k] = roi_align_ref(
-            features[level], one, (ph_count, pw_count), scales[level], sampling_ratio, aligned
-        )[0]
+        out[k] = roi_align_ref(features[level], one, (ph_count, pw_count), scales[level], sampling_ratio, aligned)[0]
     return out

@@ -34,9 +34,7 @@ from roicli.ops import (
 F64 = torch.float64
 DEVICES = [
     "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
 ]
 PROPERTY = settings(max_examples=50, deadline=None)
 
@@ -115,15 +113,11 @@ ROI_ALIGN_FIXTURES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "box, output_size, scale, sampling_ratio, aligned, mode, expected", ROI_ALIGN_FIXTURES
-)
+@pytest.mark.parametrize("box, output_size, scale, sampling_ratio, aligned, mode, expected", ROI_ALIGN_FIXTURES)
 def test_roi_align_hand_fixtures(box, output_size, scale, sampling_ratio, aligned, mode, expected):
     x, boxes = arange_map(), one_box(*box)
     want = torch.tensor([[expected]], dtype=F64)
-    assert_close(
-        ref.roi_align_ref(x, boxes, output_size, scale, sampling_ratio, aligned, mode), want
-    )
+    assert_close(ref.roi_align_ref(x, boxes, output_size, scale, sampling_ratio, aligned, mode), want)
     got = roi_align(x, boxes, output_size, scale, sampling_ratio, aligned, mode=mode)
     assert_close(got, want)
 
@@ -277,25 +271,19 @@ def _check_roi_align(p: Problem, output_size, sampling_ratio: int, aligned: bool
     assert got.shape == want.shape
     # Skip only bins with a sample within 1e-9 of a border cut-off (there the value depends on
     # the last bit of the sample position); the exact cases are in the hand fixtures.
-    ambiguous = ref.roi_align_ambiguous_bins(
-        p.x, p.boxes, output_size, p.scale, sampling_ratio, aligned
-    )
+    ambiguous = ref.roi_align_ambiguous_bins(p.x, p.boxes, output_size, p.scale, sampling_ratio, aligned)
     keep = ~ambiguous[:, None].expand_as(want)
     assert_close(got[keep], want[keep])
 
 
 @PROPERTY
-@given(
-    p=problems(), output_size=OUTPUT_SIZES, sampling_ratio=SAMPLING_RATIOS, aligned=st.booleans()
-)
+@given(p=problems(), output_size=OUTPUT_SIZES, sampling_ratio=SAMPLING_RATIOS, aligned=st.booleans())
 def test_roi_align_avg_matches_reference(p, output_size, sampling_ratio, aligned):
     _check_roi_align(p, output_size, sampling_ratio, aligned, "avg")
 
 
 @PROPERTY
-@given(
-    p=problems(), output_size=OUTPUT_SIZES, sampling_ratio=SAMPLING_RATIOS, aligned=st.booleans()
-)
+@given(p=problems(), output_size=OUTPUT_SIZES, sampling_ratio=SAMPLING_RATIOS, aligned=st.booleans())
 def test_roi_align_max_matches_reference(p, output_size, sampling_ratio, aligned):
     _check_roi_align(p, output_size, sampling_ratio, aligned, "max")
 
@@ -449,9 +437,7 @@ def _grad_input(seed: int = 0, shape=(2, 2, 6, 7)) -> torch.Tensor:
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 def test_gradcheck_roi_align(mode, aligned, sampling_ratio):
     x = _grad_input()
-    assert gradcheck(
-        lambda t: roi_align(t, GRAD_BOXES, (2, 3), 1.0, sampling_ratio, aligned, mode=mode), (x,)
-    )
+    assert gradcheck(lambda t: roi_align(t, GRAD_BOXES, (2, 3), 1.0, sampling_ratio, aligned, mode=mode), (x,))
 
 
 def test_gradcheck_roi_pool():
@@ -470,19 +456,13 @@ def test_gradcheck_precise_roi_pool(aligned):
 
 def test_gradcheck_multiscale_roi_align():
     gen = torch.Generator().manual_seed(2)
-    feats = tuple(
-        torch.rand(2, 2, s, s, generator=gen, dtype=F64).requires_grad_(True) for s in (8, 4, 2)
-    )
-    boxes = torch.tensor(
-        [[0, 0.7, 1.3, 2.9, 3.1], [1, 3.3, 2.7, 12.6, 13.9], [1, 0.4, 0.6, 6.3, 5.7]], dtype=F64
-    )
+    feats = tuple(torch.rand(2, 2, s, s, generator=gen, dtype=F64).requires_grad_(True) for s in (8, 4, 2))
+    boxes = torch.tensor([[0, 0.7, 1.3, 2.9, 3.1], [1, 3.3, 2.7, 12.6, 13.9], [1, 0.4, 0.6, 6.3, 5.7]], dtype=F64)
     levels = ref.fpn_levels_ref(boxes, [1.0, 0.5, 0.25], 4, 1)
     assert sorted(set(levels)) == [0, 1, 2]
 
     def fn(*fs):
-        return multiscale_roi_align(
-            list(fs), boxes, 2, [1.0, 0.5, 0.25], 2, False, canonical_size=4, canonical_level=1
-        )
+        return multiscale_roi_align(list(fs), boxes, 2, [1.0, 0.5, 0.25], 2, False, canonical_size=4, canonical_level=1)
 
     assert gradcheck(fn, feats)
 
@@ -793,14 +773,9 @@ def test_multiscale_default_canonical_levels_and_order():
     56 -> 2; 112 -> 3; 150 -> floor(3.42) = 3; 224 -> 4; 300 -> 4; 448 -> 5; 600 -> 5."""
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     gen = torch.Generator().manual_seed(11)
-    features = [
-        torch.rand(2, 2, 640 // d, 640 // d, generator=gen, dtype=F64) for d in (4, 8, 16, 32)
-    ]
+    features = [torch.rand(2, 2, 640 // d, 640 // d, generator=gen, dtype=F64) for d in (4, 8, 16, 32)]
     sizes = [448, 40, 224, 112, 600, 56, 150, 300]  # deliberately not sorted by level
-    rows = [
-        [k % 2, 13.0 + 3 * k, 7.0 + 2 * k, 13.0 + 3 * k + s, 7.0 + 2 * k + s]
-        for k, s in enumerate(sizes)
-    ]
+    rows = [[k % 2, 13.0 + 3 * k, 7.0 + 2 * k, 13.0 + 3 * k + s, 7.0 + 2 * k + s] for k, s in enumerate(sizes)]
     boxes = torch.tensor(rows, dtype=F64)
     levels = ref.fpn_levels_ref(boxes, scales)
     assert levels == [3, 0, 2, 1, 3, 0, 1, 2]  # index into features: level - 2
@@ -812,9 +787,7 @@ def test_multiscale_default_canonical_levels_and_order():
         assert_close(got[k : k + 1], alone)
     # the list format regroups by image; the result follows that order
     got_list = multiscale_roi_align(features, as_list(boxes, 2), (2, 2), scales, 2)
-    assert_close(
-        got_list, ref.multiscale_roi_align_ref(features, by_image(boxes), (2, 2), scales, 2)
-    )
+    assert_close(got_list, ref.multiscale_roi_align_ref(features, by_image(boxes), (2, 2), scales, 2))
 
 
 @st.composite
@@ -824,8 +797,7 @@ def fpn_problems(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     gen = torch.Generator().manual_seed(seed)
     features = [
-        torch.randn(n, c, math.ceil(size * s), math.ceil(size * s), generator=gen, dtype=F64)
-        for s in (1.0, 0.5, 0.25)
+        torch.randn(n, c, math.ceil(size * s), math.ceil(size * s), generator=gen, dtype=F64) for s in (1.0, 0.5, 0.25)
     ]
     rows = []
     for _ in range(draw(st.integers(0, 5))):
@@ -853,12 +825,8 @@ def test_multiscale_matches_reference(fp, output_size, sampling_ratio, aligned):
     features, boxes = fp
     scales = [1.0, 0.5, 0.25]
     kwargs = {"canonical_size": 8, "canonical_level": 2}
-    got = multiscale_roi_align(
-        features, boxes, output_size, scales, sampling_ratio, aligned, **kwargs
-    )
-    want = ref.multiscale_roi_align_ref(
-        features, boxes, output_size, scales, sampling_ratio, aligned, **kwargs
-    )
+    got = multiscale_roi_align(features, boxes, output_size, scales, sampling_ratio, aligned, **kwargs)
+    want = ref.multiscale_roi_align_ref(features, boxes, output_size, scales, sampling_ratio, aligned, **kwargs)
     assert got.shape == want.shape
     levels = ref.fpn_levels_ref(boxes, scales, **kwargs)
     keep = torch.ones(want.shape, dtype=torch.bool)

@@ -8,6 +8,7 @@ cell index, takes cells `round(x1) .. round(x2)` inclusive, and splits them into
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -139,3 +140,136 @@ def _axis_row(g, j: int, scale: float) -> AxisGeometry:
         max_overlap=int(overlap.max()) if overlap.numel() else 0,
         worst_edge_px=float(worst),
     )
+
+
+# ---- pool vs align: values against the exact integral --------------------------------------------
+
+COLUMN_DEFINITIONS = {
+    "exact": "precise_roi_pool (aligned=True): the exact mean of the bilinearly interpolated map over each exact bin",
+    "quant_rel_err": "||mean over RoI Pool's integer windows - exact|| / ||exact|| (L2 over C x PH x PW): "
+    "quantization alone, same (average) aggregation",
+    "align_rel_err": "||RoI Align (avg) - exact|| / ||exact||: sampling alone",
+    "pool_vs_align_max": "||RoI Pool (max) - RoI Align (mode=max)|| / ||RoI Align (mode=max)||",
+    "worst_edge_px": "largest distance between an integer window edge and the exact bin edge, image px (x or y)",
+    "roi_iou": "IoU of the rounded RoI (cells round(x1)..round(x2), inclusive) with the exact box",
+    "mean_bin_iou": "mean IoU of RoI Pool's integer windows with the exact bins",
+}
+SIZE_BUCKETS = (0, 32, 64, 128, 256, 512, float("inf"))  # sqrt(box area) in image px
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-RoI relative L2 error of `x` against `ref`, both `Tensor[K, C, PH, PW]` -> `Tensor[K]`."""
+    num = (x.double() - ref.double()).flatten(1).norm(dim=1)
+    den = ref.double().flatten(1).norm(dim=1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, float("inf"), 0.0))
+
+
+def value_errors(levels, scales, rois, level_idx, output_size, sampling_ratio: int, aligned: bool) -> dict:
+    """The three value comparisons for RoIs `Tensor[K, 5]` on a map (or pyramid): name -> `Tensor[K]`."""
+    from roicli.ops import pool_levels, precise_roi_pool, roi_align, roi_pool
+    from roicli.ops.roi_pool import window_avg_pool
+
+    def run(op):
+        return pool_levels(lambda f, r, s: op(f, r, output_size, s), levels, rois, level_idx, scales)
+
+    exact = run(lambda f, r, size, s: precise_roi_pool(f, r, size, s, aligned=True))
+    windows = run(window_avg_pool)
+    align_avg = run(lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned))
+    pool_max = run(roi_pool)
+    align_max = run(lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned, mode="max"))
+    return {
+        "quant_rel_err": _rel(windows, exact),
+        "align_rel_err": _rel(align_avg, exact),
+        "pool_vs_align_max": _rel(pool_max, align_max),
+    }
+
+
+def compare_rows(geometry: list[RoiGeometry], errors: dict, boxes: torch.Tensor, levels=None) -> list[dict]:
+    """One flat row per RoI: box size, geometry, value errors."""
+    rows = []
+    for i, g in enumerate(geometry):
+        row = g.flat()
+        if levels is not None:
+            row["level"] = int(levels[i])
+        row["box_w_px"] = float(boxes[i, 2] - boxes[i, 0])
+        row["box_h_px"] = float(boxes[i, 3] - boxes[i, 1])
+        row["worst_edge_px"] = max(g.x.worst_edge_px, g.y.worst_edge_px)
+        row.update({k: float(v[i]) for k, v in errors.items()})
+        rows.append(row)
+    return rows
+
+
+SUMMARY_COLUMNS = ("quant_rel_err", "align_rel_err", "pool_vs_align_max", "worst_edge_px", "roi_iou", "mean_bin_iou")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean, median and max over the RoIs of each headline figure."""
+    out = []
+    for col in SUMMARY_COLUMNS:
+        v = torch.tensor([r[col] for r in rows], dtype=torch.float64)
+        if v.numel() == 0:
+            continue
+        out.append({"figure": col, "mean": float(v.mean()), "median": float(v.median()), "max": float(v.max())})
+    return out
+
+
+def by_size(rows: list[dict]) -> list[dict]:
+    """How the errors fall as boxes grow: means per bucket of sqrt(box area) in image px."""
+    out = []
+    for lo, hi in zip(SIZE_BUCKETS[:-1], SIZE_BUCKETS[1:]):
+        sel = [r for r in rows if lo <= (max(r["box_w_px"], 0) * max(r["box_h_px"], 0)) ** 0.5 < hi]
+        if not sel:
+            continue
+        label = f"{lo}-{hi}px" if hi != float("inf") else f">={lo}px"
+        bucket = {"box_size": label, "rois": len(sel)}
+        for col in ("quant_rel_err", "align_rel_err", "worst_edge_px", "roi_iou"):
+            bucket[f"mean_{col}"] = sum(r[col] for r in sel) / len(sel)
+        out.append(bucket)
+    return out
+
+
+def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = None) -> list[str]:
+    """One RoI through RoI Pool's two quantization steps, in words and numbers, per axis.
+
+    Next to what the op does it shows the usual textbook illustration's model, which *truncates*
+    the box edges and the bin size (665 / 32 = 20.78 -> 20 cells; 20 / 7 = 2.86 -> 2 cells per bin).
+    """
+    scale = g.spatial_scale
+    lines = [f"RoI {g.id!r}: spatial scale {scale:g} (stride {1 / scale:g} px), {output_size[0]}x{output_size[1]} bins."]
+    for name, a, bins in (("x", g.x, output_size[1]), ("y", g.y, output_size[0])):
+        lo, hi = a.exact_start, a.exact_end
+        t_lo, t_hi = math.floor(lo), math.floor(hi)
+        t_size = t_hi - t_lo
+        t_bin = t_size // bins if bins else 0
+        bin_loss = t_size / bins - t_bin
+        lost_cells = t_size - bins * t_bin
+        edge_loss = (lo - t_lo) + (hi - t_hi)
+        lines += [
+            "",
+            f"{name} axis: box {lo / scale:g} .. {hi / scale:g} px = cells {lo:.4g} .. {hi:.4g} "
+            f"({a.exact_size:.4g} cells = {a.exact_size / scale:g} px / {1 / scale:g}).",
+            f"  Step 1, box edges. Illustration (truncate): cells {t_lo} .. {t_hi}, {t_size} cells; the edges lose "
+            f"{edge_loss:.4g} cells = {edge_loss / scale:.4g} px.",
+            f"  Step 1, box edges. RoI Pool as implemented (round, end inclusive): cells {a.rounded_start} .. "
+            f"{a.rounded_end} -> {a.quantized_size} cells; start moves {a.start_shift_cells:+.4g} cells "
+            f"({a.start_shift_px:+.4g} px), end moves {a.end_shift_cells:+.4g} cells ({a.end_shift_px:+.4g} px).",
+            f"  Step 2, bins. Illustration (truncate): {t_size} / {bins} = {t_size / bins:.4g} cells per bin -> "
+            f"{t_bin}; each bin loses {bin_loss:.4g} cells, {lost_cells} of {t_size} cells are never pooled "
+            f"({lost_cells / scale:g} px).",
+            f"  Step 2, bins. As implemented: {a.quantized_size} / {bins} = {a.quantized_size / bins:.4g} cells "
+            f"per bin, windows floor(p*bin) .. ceil((p+1)*bin): {a.min_window} to {a.max_window} cells wide, "
+            f"neighbours share up to {a.max_overlap} cell(s); the exact bins are {a.exact_bin:.4g} cells; the "
+            f"worst window edge is {a.worst_edge_px:.4g} px off.",
+            f"  Squared: box edge ({edge_loss:.4g} x {1 / scale:g})^2 = {(edge_loss / scale) ** 2:.6g} px^2; "
+            f"bins ({bin_loss:.4g} x {bins})^2 = {(bin_loss * bins) ** 2:.6g} cells^2 (exact arithmetic; "
+            f"with the fractions cut to two digits first: {(round(edge_loss, 2) / scale) ** 2:.8g}"
+            f" and {(round(bin_loss, 2) * bins) ** 2:.8g}).",
+        ]
+    lines += ["", f"IoU of the rounded RoI with the exact one: {g.roi_iou:.4f}; mean bin IoU: {g.mean_bin_iou:.4f}."]
+    if errors:
+        lines.append(
+            "Values against the exact integral: quantization alone (mean over the integer windows) "
+            f"{errors['quant_rel_err']:.2%}; RoI Align {errors['align_rel_err']:.2%}; "
+            f"RoI Pool (max) vs RoI Align (max) {errors['pool_vs_align_max']:.2%}."
+        )
+    return lines

@@ -58,10 +58,15 @@ def precise_roi_pool(
     return out.permute(0, 3, 1, 2).to(input.dtype)
 
 
-def _tri_cdf(t: Tensor) -> Tensor:
-    """Integral of tri from -inf to t."""
-    t = t.clamp(-1.0, 1.0)
-    return torch.where(t < 0, 0.5 * (t + 1) ** 2, 1.0 - 0.5 * (1 - t) ** 2)
+def _tent_integral(a: Tensor, b: Tensor, i: Tensor) -> Tensor:
+    """Integral of tri(t - i) over [a, b] (a <= b). The tent is linear on [i-1, i] and [i, i+1], so
+    each piece contributes its length times the tent at its midpoint: no cancellation for tiny bins."""
+    total = torch.zeros_like(i)
+    for lo, hi in ((i - 1, i), (i, i + 1)):
+        left, right = torch.maximum(a, lo), torch.minimum(b, hi)
+        length = (right - left).clamp_min(0.0)
+        total = total + length * (1.0 - ((left + right) / 2 - i).abs()).clamp_min(0.0)
+    return total
 
 
 def integral_taps(
@@ -81,7 +86,7 @@ def integral_taps(
     taps = int((last - first).max()) + 1 if a.numel() else 1
     i = first[..., None] + torch.arange(taps, device=start.device, dtype=start.dtype)  # [K, P, T]
     width = (b - a)[..., None]
-    mean = (_tri_cdf(b[..., None] - i) - _tri_cdf(a[..., None] - i)) / width.clamp_min(1e-300)
+    mean = _tent_integral(a[..., None], b[..., None], i) / width.clamp_min(1e-300)
     point = (1.0 - (a[..., None] - i).abs()).clamp_min(0.0)  # the limit for a zero-width bin
     weight = torch.where(width > 0, mean, point) * (i <= last[..., None])
     return i.long().clamp_max(size - 1), weight

@@ -78,6 +78,36 @@ def roi_align(
     return out.permute(0, 3, 1, 2).to(input.dtype)
 
 
+def sample_points(
+    start: Tensor, end: Tensor, spatial_scale: float, pooled: int, sampling_ratio: int, aligned: bool
+) -> tuple[Tensor, Tensor]:
+    """RoI Align's sample coordinates along one axis, in feature pixels (pixel i sits at i).
+
+    start/end `Tensor[K]` in image coordinates. Returns positions `Tensor[K, P, G]` (G = the largest
+    grid; entries past a RoI's own grid are padding) and the grid `Tensor[K]`. Computed in the
+    boxes' dtype in torchvision's order of operations, so positions agree to the last bit.
+    """
+    dtype = start.dtype
+    scale = torch.tensor(spatial_scale, dtype=dtype, device=start.device)
+    offset = 0.5 if aligned else 0.0
+    lo = start * scale - offset  # [K]
+    length = end * scale - offset - lo
+    if not aligned:
+        length = length.clamp_min(1.0)
+    bin_size = length / pooled  # [K]
+    if sampling_ratio > 0:
+        grid = torch.full_like(lo, sampling_ratio, dtype=torch.long)
+    else:
+        grid = torch.ceil(bin_size).long().clamp_min(0)
+    g = int(grid.max()) if grid.numel() else 0
+    p = torch.arange(pooled, device=lo.device, dtype=dtype)
+    i = torch.arange(g, device=lo.device)
+    pos = (lo[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
+        (i.to(dtype) + 0.5)[None, None, :] * bin_size[:, None, None]
+    ) / grid.clamp_min(1).to(dtype)[:, None, None]  # [K, P, G]
+    return pos, grid
+
+
 def align_taps(
     start: Tensor,
     end: Tensor,
@@ -95,24 +125,9 @@ def align_taps(
     `Tensor[K]` (samples per bin along this axis). The arithmetic follows torchvision's kernel step
     by step in the boxes' dtype, so sample positions agree to the last bit.
     """
-    dtype = start.dtype
-    scale = torch.tensor(spatial_scale, dtype=dtype, device=start.device)
-    offset = 0.5 if aligned else 0.0
-    lo = start * scale - offset  # [K]
-    length = end * scale - offset - lo
-    if not aligned:
-        length = length.clamp_min(1.0)
-    bin_size = length / pooled  # [K]
-    if sampling_ratio > 0:
-        grid = torch.full_like(lo, sampling_ratio, dtype=torch.long)
-    else:
-        grid = torch.ceil(bin_size).long().clamp_min(0)
-    g = int(grid.max())
-    p = torch.arange(pooled, device=lo.device, dtype=dtype)
-    i = torch.arange(g, device=lo.device)
-    pos = (lo[:, None, None] + p[None, :, None] * bin_size[:, None, None]) + (
-        (i.to(dtype) + 0.5)[None, None, :] * bin_size[:, None, None]
-    ) / grid.clamp_min(1).to(dtype)[:, None, None]  # [K, P, G]
+    pos, grid = sample_points(start, end, spatial_scale, pooled, sampling_ratio, aligned)  # [K, P, G], [K]
+    dtype = pos.dtype
+    i = torch.arange(pos.shape[-1], device=pos.device)
     valid = (pos >= -1.0) & (pos <= size) & (i[None, None, :] < grid[:, None, None])
     pos = pos.clamp(0.0, float(size))  # beyond `size` the sample is invalid anyway
     low = pos.long()  # trunc == floor for pos >= 0

@@ -104,16 +104,26 @@ def pool_geometry(
         roi_iou = inter / (area_exact + area_q - inter).clamp_min(1e-12)
         bin_iou = _bin_iou(gx, gy)
         for j, i in enumerate(sel.tolist()):
-            rows.append((i, RoiGeometry(
-                id=ids[i], batch=int(batch[i]), spatial_scale=scale,
-                x=_axis_row(gx, j, scale), y=_axis_row(gy, j, scale),
-                roi_iou=float(roi_iou[j]), mean_bin_iou=float(bin_iou[j]),
-            )))
+            rows.append(
+                (
+                    i,
+                    RoiGeometry(
+                        id=ids[i],
+                        batch=int(batch[i]),
+                        spatial_scale=scale,
+                        x=_axis_row(gx, j, scale),
+                        y=_axis_row(gy, j, scale),
+                        roi_iou=float(roi_iou[j]),
+                        mean_bin_iou=float(bin_iou[j]),
+                    ),
+                )
+            )
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 
 def _bin_iou(gx, gy) -> torch.Tensor:
     """Mean over bins of IoU(integer window, exact bin), `Tensor[K]`."""
+
     def per_axis(g):
         ws, we, edges = g[4].double(), g[5].double(), g[6]
         e0 = torch.minimum(edges[:, :-1], edges[:, 1:])
@@ -130,13 +140,19 @@ def _bin_iou(gx, gy) -> torch.Tensor:
 def _axis_row(g, j: int, scale: float) -> AxisGeometry:
     a, b, lo, hi, ws, we, edges, widths, overlap, worst = (t[j] for t in g)
     return AxisGeometry(
-        exact_start=float(a), exact_end=float(b),
-        rounded_start=int(lo), rounded_end=int(hi),
-        start_shift_cells=float(lo - a), end_shift_cells=float(hi - b),
-        start_shift_px=float((lo - a) / scale), end_shift_px=float((hi - b) / scale),
-        exact_size=float(b - a), quantized_size=int(hi - lo + 1),
+        exact_start=float(a),
+        exact_end=float(b),
+        rounded_start=int(lo),
+        rounded_end=int(hi),
+        start_shift_cells=float(lo - a),
+        end_shift_cells=float(hi - b),
+        start_shift_px=float((lo - a) / scale),
+        end_shift_px=float((hi - b) / scale),
+        exact_size=float(b - a),
+        quantized_size=int(hi - lo + 1),
         exact_bin=float((b - a) / (edges.numel() - 1)),
-        min_window=int(widths.min()), max_window=int(widths.max()),
+        min_window=int(widths.min()),
+        max_window=int(widths.max()),
         max_overlap=int(overlap.max()) if overlap.numel() else 0,
         worst_edge_px=float(worst),
     )
@@ -235,7 +251,9 @@ def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = 
     the box edges and the bin size (665 / 32 = 20.78 -> 20 cells; 20 / 7 = 2.86 -> 2 cells per bin).
     """
     scale = g.spatial_scale
-    lines = [f"RoI {g.id!r}: spatial scale {scale:g} (stride {1 / scale:g} px), {output_size[0]}x{output_size[1]} bins."]
+    lines = [
+        f"RoI {g.id!r}: spatial scale {scale:g} (stride {1 / scale:g} px), {output_size[0]}x{output_size[1]} bins."
+    ]
     for name, a, bins in (("x", g.x, output_size[1]), ("y", g.y, output_size[0])):
         lo, hi = a.exact_start, a.exact_end
         t_lo, t_hi = math.floor(lo), math.floor(hi)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from roicli.cli import compare_cmd, inspect_cmd, pooling
+from roicli.cli import compare_cmd, inspect_cmd, pooling, show_cmd
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +20,7 @@ app = typer.Typer(
 pooling.register(app)
 inspect_cmd.register(app)
 compare_cmd.register(app)
+show_cmd.register(app)
 
 
 def main() -> None:

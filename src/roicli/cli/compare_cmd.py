@@ -71,9 +71,15 @@ def compare(
     dtype: opt.Dtype = None,
     canonical_size: opt.CanonicalSize = 224,
     canonical_level: opt.CanonicalLevel = 4,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table, json, jsonl or csv. Default: table, "
-                                            "or from the -o file's extension.")] = None,
-    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the report to FILE instead of stdout.")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="table, json, jsonl or csv. Default: table, or from the -o file's extension."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write the report to FILE instead of stdout.")
+    ] = None,
     explain_id: Annotated[
         str | None,
         typer.Option("--explain", help="Walk one RoI (its id, or 'first') through both quantization steps in words."),
@@ -88,8 +94,16 @@ def compare(
     if output:
         check_output(output, [features, rois], binary=False)
     inputs = load_inputs(
-        features, rois, key=key, spatial_scale=spatial_scale, stride=stride, backbone=backbone,
-        box_format=box_format, rois_format=rois_format, device=device, dtype=dtype,
+        features,
+        rois,
+        key=key,
+        spatial_scale=spatial_scale,
+        stride=stride,
+        backbone=backbone,
+        box_format=box_format,
+        rois_format=rois_format,
+        device=device,
+        dtype=dtype,
     )
     feats, roi_set = inputs.features, inputs.rois
     dt = compute_dtype(feats.levels[0].dtype)
@@ -121,11 +135,18 @@ def compare(
     elif fmt == "table":
         text = _table(rows, header)
     elif fmt == "json":
-        text = json.dumps(
-            {**json.loads(render_text(rows, "json", header=header)), "definitions": COLUMN_DEFINITIONS,
-             "summary": summarize(rows), "by_box_size": by_size(rows)},
-            indent=2,
-        ) + "\n"
+        text = (
+            json.dumps(
+                {
+                    **json.loads(render_text(rows, "json", header=header)),
+                    "definitions": COLUMN_DEFINITIONS,
+                    "summary": summarize(rows),
+                    "by_box_size": by_size(rows),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     else:
         text = render_text(rows, fmt, header=header)
     if output:

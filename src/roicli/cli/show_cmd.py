@@ -1,0 +1,131 @@
+"""`roicli show`: a PNG of RoI Pool's rounded bins against the exact bins and RoI Align's samples."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+
+from roicli.cli import pooling as opt
+from roicli.cli._common import handle_errors, load_inputs, parse_output_size, stderr
+from roicli.errors import UsageError
+from roicli.figure import draw, heatmap
+from roicli.io.features import is_image_path
+from roicli.io.images import read_image
+from roicli.io.output import check_output, write_output
+from roicli.ops import fpn_levels
+
+
+def register(app: typer.Typer) -> None:
+    app.command("show")(show)
+
+
+@handle_errors
+def show(
+    features: opt.Features,
+    rois: opt.Rois,
+    output: Annotated[str, typer.Option("-o", "--output", help="The PNG to write (or - for stdout, not a terminal).")],
+    roi: Annotated[
+        list[str] | None, typer.Option("--roi", help="RoI id to draw (repeatable). Default: the first 3.")
+    ] = None,
+    output_size: opt.OutputSize = "7",
+    spatial_scale: opt.SpatialScale = None,
+    stride: opt.Stride = None,
+    sampling_ratio: Annotated[int, typer.Option(help="RoI Align's samples per bin axis; <= 0 is adaptive.")] = 2,
+    aligned: Annotated[bool, typer.Option("--aligned/--no-aligned", help="RoI Align's half-pixel shift.")] = True,
+    channel: Annotated[
+        int | None, typer.Option(help="Feature channel for the heat map. Default: channel mean.")
+    ] = None,
+    features_view: Annotated[
+        bool, typer.Option("--heatmap", help="For image inputs: draw the backbone's features, not the image.")
+    ] = False,
+    full: Annotated[bool, typer.Option("--full", help="Show the whole map instead of zooming to the RoIs.")] = False,
+    max_size: Annotated[int, typer.Option(help="Longest side of the picture, in pixels (64..4096).")] = 1200,
+    key: opt.Key = None,
+    backbone: opt.Backbone = "builtin",
+    box_format: opt.BoxFormat = None,
+    rois_format: opt.RoisFormat = "auto",
+    canonical_size: opt.CanonicalSize = 224,
+    canonical_level: opt.CanonicalLevel = 4,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Draw the exact RoI and bins (green), RoI Pool's rounded RoI and integer bins (red) and RoI
+    Align's sample points (blue) over the feature map's heat map or the image."""
+    size = parse_output_size(output_size)
+    if not 64 <= max_size <= 4096:
+        raise UsageError(f"--max-size: expected 64..4096, got {max_size}")
+    check_output(output, [features, rois])
+    inputs = load_inputs(
+        features,
+        rois,
+        key=key,
+        spatial_scale=spatial_scale,
+        stride=stride,
+        backbone=backbone,
+        box_format=box_format,
+        rois_format=rois_format,
+        device="cpu",
+        dtype=None,
+    )
+    feats, roi_set = inputs.features, inputs.rois
+    if len(roi_set) == 0:
+        raise UsageError(f"{roi_set.source}: holds no RoIs; nothing to draw")
+    chosen = _choose(roi_set.ids, roi)
+    level = 0
+    if feats.is_pyramid:
+        levels = fpn_levels(roi_set.as_tensor(torch.float64), feats.scales, canonical_size, canonical_level)
+        level = int(levels[chosen[0]])
+        skipped = [roi_set.ids[i] for i in chosen if int(levels[i]) != level]
+        chosen = [i for i in chosen if int(levels[i]) == level]
+        if skipped and not quiet:
+            stderr().print(
+                f"Warning: RoIs {skipped} sit on other pyramid levels than {feats.keys[level]}; not drawn", markup=False
+            )
+    fmap = feats.levels[level]
+    batch = int(roi_set.batch[chosen[0]])
+    scale = feats.scales[level]
+    if is_image_path(features) and not features_view:
+        background = (read_image(features)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        background_scale = 1.0
+    else:
+        values = fmap[batch, channel] if channel is not None else fmap[batch].float().mean(dim=0)
+        if channel is not None and not 0 <= channel < fmap.shape[1]:
+            raise UsageError(f"--channel: expected 0..{fmap.shape[1] - 1}, got {channel}")
+        background = heatmap(values.float().numpy())
+        background_scale = scale
+    picture, _ = draw(
+        background,
+        background_scale,
+        tuple(fmap.shape[-2:]),
+        scale,
+        roi_set.boxes[chosen],
+        size,
+        sampling_ratio,
+        aligned,
+        max_size=max_size,
+        crop=not full,
+        legend=[
+            f"{size[0]}x{size[1]} bins, spatial scale {scale:g}, sampling_ratio {sampling_ratio}, "
+            f"aligned={aligned}; RoIs {', '.join(str(roi_set.ids[i]) for i in chosen)}"
+        ],
+    )
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    write_output(output, buf.getvalue())
+    if not quiet:
+        stderr().print(f"show: {len(chosen)} RoI(s) -> {output} ({picture.width}x{picture.height})", markup=False)
+
+
+def _choose(ids: list, wanted: list[str] | None) -> list[int]:
+    if not wanted:
+        return list(range(min(3, len(ids))))
+    out = []
+    for w in wanted:
+        match = [i for i, v in enumerate(ids) if str(v) == w]
+        if not match:
+            raise UsageError(f"--roi: no RoI with id {w!r}; ids: {', '.join(map(str, ids[:10]))}")
+        out.append(match[0])
+    return out

@@ -1,0 +1,166 @@
+"""Draw RoI Pool's quantization and RoI Align's sampling over a feature map or an image (pillow).
+
+The picture of the Mask R-CNN paper, for the user's own data: the exact RoI and its exact bins
+(green), the rounded RoI and the integer bin windows RoI Pool really uses (red), RoI Align's sample
+points (blue), over the feature cells (grey grid) of a heat map of the features or of the image.
+All geometry comes from the ops' own functions, in image pixels: feature cell i spans
+[i / scale, (i + 1) / scale), and a feature pixel coordinate c is the image point (c + 0.5) / scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from roicli.ops.roi_align import sample_points
+from roicli.ops.roi_pool import pool_windows
+
+EXACT = (40, 200, 70)
+QUANTIZED = (230, 40, 40)
+SAMPLES = (40, 110, 255)
+GRID = (150, 150, 150)
+# Heat-map colours: a grey ramp, so that the red, green and blue marks stand out on any value.
+_HEAT = np.array([[25, 25, 30], [235, 235, 225]], dtype=np.float64)
+
+
+@dataclass
+class View:
+    """Maps image pixels to canvas pixels: canvas = (image - origin) * zoom."""
+
+    x0: float
+    y0: float
+    zoom: float
+
+    def __call__(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.x0) * self.zoom, (y - self.y0) * self.zoom
+
+
+def heatmap(values: np.ndarray) -> np.ndarray:
+    """`[h, w]` floats -> `[h, w, 3]` uint8 colours, min to max."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    t = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    pos = t * (len(_HEAT) - 1)
+    i = np.clip(np.floor(pos).astype(int), 0, len(_HEAT) - 2)
+    frac = (pos - i)[..., None]
+    return (_HEAT[i] * (1 - frac) + _HEAT[i + 1] * frac).astype(np.uint8)
+
+
+def draw(
+    background: np.ndarray,
+    background_scale: float,
+    feature_size: tuple[int, int],
+    spatial_scale: float,
+    boxes: torch.Tensor,
+    output_size: tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+    max_size: int = 1200,
+    crop: bool = True,
+    legend: list[str] | None = None,
+) -> tuple[Image.Image, View]:
+    """Draw the RoIs `boxes` (`Tensor[R, 4]`, xyxy image px) over `background`.
+
+    background `[h, w, 3]` uint8 covers the image at `background_scale` background pixels per image
+    pixel (1 for an image; `spatial_scale` for a heat map of the features). Returns the picture and
+    the image->canvas mapping (for tests and callers that add marks).
+    """
+    fh, fw = feature_size
+    img_w, img_h = fw / spatial_scale, fh / spatial_scale
+    boxes = boxes.double()
+    if crop and boxes.numel():
+        margin = 2 / spatial_scale
+        x0 = max(0.0, float(boxes[:, [0, 2]].min()) - margin)
+        y0 = max(0.0, float(boxes[:, [1, 3]].min()) - margin)
+        x1 = min(img_w, float(boxes[:, [0, 2]].max()) + margin)
+        y1 = min(img_h, float(boxes[:, [1, 3]].max()) + margin)
+    else:
+        x0, y0, x1, y1 = 0.0, 0.0, img_w, img_h
+    zoom = min(max_size / max(x1 - x0, 1e-9), max_size / max(y1 - y0, 1e-9), 64.0)
+    view = View(x0, y0, zoom)
+    size = (max(1, round((x1 - x0) * zoom)), max(1, round((y1 - y0) * zoom)))
+
+    bg = Image.fromarray(background)
+    # Resample the background so that its pixel (u, v) covers image [u, u + 1) / background_scale.
+    box = (x0 * background_scale, y0 * background_scale, x1 * background_scale, y1 * background_scale)
+    canvas = bg.resize(size, Image.NEAREST, box=box).convert("RGB")
+    d = ImageDraw.Draw(canvas)
+
+    cell = zoom / spatial_scale  # canvas pixels per feature cell
+    if cell >= 6:
+        for i in range(int(x0 * spatial_scale), int(x1 * spatial_scale) + 2):
+            x = view(i / spatial_scale, 0)[0]
+            d.line([(x, 0), (x, size[1])], fill=GRID, width=1)
+        for j in range(int(y0 * spatial_scale), int(y1 * spatial_scale) + 2):
+            y = view(0, j / spatial_scale)[1]
+            d.line([(0, y), (size[0], y)], fill=GRID, width=1)
+
+    ph, pw = output_size
+    for b in boxes:
+        bx = b[None, [0, 2]]  # [1, 2]
+        by = b[None, [1, 3]]
+        # RoI Pool: rounded cells (end inclusive) and integer windows, in image px.
+        lo_x, ws, we = pool_windows(bx[:, 0].float(), bx[:, 1].float(), spatial_scale, pw, fw)
+        lo_y, hs, he = pool_windows(by[:, 0].float(), by[:, 1].float(), spatial_scale, ph, fh)
+        for p in range(ph):
+            for q in range(pw):
+                if he[0, p] > hs[0, p] and we[0, q] > ws[0, q]:
+                    _rect(
+                        d,
+                        view,
+                        [int(ws[0, q]), int(hs[0, p]), int(we[0, q]), int(he[0, p])],
+                        1 / spatial_scale,
+                        QUANTIZED,
+                        2,
+                    )
+        rx1, ry1 = int(ws[0].min()), int(hs[0].min())
+        rx2, ry2 = int(we[0].max()), int(he[0].max())
+        _rect(d, view, [rx1, ry1, rx2, ry2], 1 / spatial_scale, QUANTIZED, 4)
+        # Exact RoI and bins.
+        xs = [float(b[0] + (b[2] - b[0]) * q / pw) for q in range(pw + 1)]
+        ys = [float(b[1] + (b[3] - b[1]) * p / ph) for p in range(ph + 1)]
+        for x in xs:
+            d.line([view(x, ys[0]), view(x, ys[-1])], fill=EXACT, width=1)
+        for y in ys:
+            d.line([view(xs[0], y), view(xs[-1], y)], fill=EXACT, width=1)
+        d.rectangle([view(xs[0], ys[0]), view(xs[-1], ys[-1])], outline=EXACT, width=3)
+        # RoI Align's samples: feature coordinate c is the image point (c + 0.5) / scale.
+        px, gx = sample_points(bx[:, 0], bx[:, 1], spatial_scale, pw, sampling_ratio, aligned)
+        py, gy = sample_points(by[:, 0], by[:, 1], spatial_scale, ph, sampling_ratio, aligned)
+        sx = ((px[0, :, : int(gx[0])].flatten() + 0.5) / spatial_scale).tolist()
+        sy = ((py[0, :, : int(gy[0])].flatten() + 0.5) / spatial_scale).tolist()
+        r = max(2.0, min(5.0, zoom * 1.5))
+        for y in sy:
+            for x in sx:
+                cx, cy = view(x, y)
+                d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=SAMPLES)
+    _legend(d, legend or [])
+    return canvas, view
+
+
+def _rect(d: ImageDraw.ImageDraw, view: View, cells: list[int], px_per_cell: float, colour, width: int):
+    """Outline feature cells [x1, x2) x [y1, y2) given as cell indices."""
+    x1, y1, x2, y2 = (c * px_per_cell for c in cells)
+    a, b = view(x1, y1), view(x2, y2)
+    d.rectangle([a, (b[0] - 1, b[1] - 1)], outline=colour, width=width)
+
+
+def _legend(d: ImageDraw.ImageDraw, extra: list[str]) -> None:
+    font = ImageFont.load_default()
+    items = [
+        (EXACT, "exact RoI and bins (RoI Align, exact pooling)"),
+        (QUANTIZED, "rounded RoI and integer bins (RoI Pool)"),
+        (SAMPLES, "RoI Align sample points"),
+        (GRID, "feature cells"),
+    ]
+    lines = len(items) + len(extra)
+    w = 8 + 6 * max(len(t) for t in [t for _, t in items] + extra) + 24
+    d.rectangle([4, 4, 4 + w, 8 + 14 * lines], fill=(255, 255, 255), outline=(0, 0, 0))
+    for k, (colour, text) in enumerate(items):
+        y = 8 + 14 * k
+        d.rectangle([10, y + 2, 22, y + 10], fill=colour)
+        d.text((28, y), text, fill=(0, 0, 0), font=font)
+    for k, text in enumerate(extra):
+        d.text((10, 8 + 14 * (len(items) + k)), text, fill=(0, 0, 0), font=font)

@@ -118,13 +118,16 @@ def forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Call
 def forward_backward(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 ) -> Callable[[], object]:
-    """fn(x).sum().backward() on a leaf copy of x; the gradient is cleared before each call."""
+    """fn(x).sum().backward() on a leaf copy of x; each call returns (and drops) its gradient.
+
+    Dropping it inside the call keeps the memory baseline free of the previous call's gradient.
+    """
     leaf = x.detach().clone().requires_grad_(True)
 
     def run() -> object:
-        leaf.grad = None
         fn(leaf).sum().backward()
-        return leaf.grad
+        grad, leaf.grad = leaf.grad, None
+        return grad
 
     return run
 
@@ -273,10 +276,11 @@ def fpn(device: torch.device, gen: torch.Generator) -> tuple[str, list[Case]]:
             if not backward:
                 with torch.no_grad():
                     return call()
+            call().sum().backward()
+            grads = [f.grad for f in levels]
             for f in levels:
                 f.grad = None
-            call().sum().backward()
-            return levels[0].grad
+            return grads
 
         return run
 

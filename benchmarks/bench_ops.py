@@ -115,9 +115,7 @@ def forward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Call
     return run
 
 
-def forward_backward(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> Callable[[], object]:
+def forward_backward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:
     """fn(x).sum().backward() on a leaf copy of x; each call returns (and drops) its gradient.
 
     Dropping it inside the call keeps the memory baseline free of the previous call's gradient.
@@ -196,8 +194,7 @@ def maskrcnn_box(device: torch.device, gen: torch.Generator) -> tuple[str, list[
             )
         )
     desc = (
-        "input [2, 256, 200, 272] f32, K=1000 (sqrt area 32-512 px in 800x1088), "
-        "scale 1/4, 7x7, roi_align sr=2 aligned"
+        "input [2, 256, 200, 272] f32, K=1000 (sqrt area 32-512 px in 800x1088), scale 1/4, 7x7, roi_align sr=2 aligned"
     )
     return desc, cases
 
@@ -253,9 +250,7 @@ def fastrcnn(device: torch.device, gen: torch.Generator) -> tuple[str, list[Case
 def fpn(device: torch.device, gen: torch.Generator) -> tuple[str, list[Case]]:
     img_h, img_w, n_images = 800, 1216, 2
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
-    feats = [
-        feature_map(gen, (n_images, 256, int(img_h * s), int(img_w * s)), device) for s in scales
-    ]
+    feats = [feature_map(gen, (n_images, 256, int(img_h * s), int(img_w * s)), device) for s in scales]
     boxes = per_image(detection_boxes(gen, 1000, (img_h, img_w), n_images).to(device), n_images)
     names = [str(i) for i in range(len(feats))]
     mra = _rc("multiscale_roi_align")
@@ -342,9 +337,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(
-    fn: Callable[[], object], device: torch.device, warmup: int, repeat: int
-) -> list[float]:
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> list[float]:
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -472,10 +465,7 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
             print(line)
         print()
         for cells in [headers, ["-" * w for w in widths], *body]:
-            padded = [
-                c.ljust(w) if i < 2 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
+            padded = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
             print("  ".join(padded))
         print()
         for line in notes + errors:

@@ -78,11 +78,7 @@ def _random_map(gen: torch.Generator, dtype: torch.dtype, shape=(N, C, H, W)) ->
 def _distinct_map(gen: torch.Generator, dtype: torch.dtype, shape=(N, C, H, W)) -> torch.Tensor:
     """Every value distinct and exactly representable: max pooling has no ties."""
     numel = math.prod(shape)
-    return (
-        (torch.randperm(numel, generator=gen).to(torch.float64) - numel / 2)
-        .reshape(shape)
-        .to(dtype)
-    )
+    return (torch.randperm(numel, generator=gen).to(torch.float64) - numel / 2).reshape(shape).to(dtype)
 
 
 def _feature_boxes(
@@ -117,9 +113,7 @@ def _feature_boxes(
     x1, y1 = u(-width / 2, width - 1), u(-height / 2, height - 1)
     kinds.append(box(x1, y1, x1 + u(width / 3, width), y1 + u(height / 3, height)))
     # fully outside, far away: left/top and right/bottom
-    kinds.append(
-        box(u(-3 * width, -2 * width), u(0, height), u(-2 * width, -2), u(height, 2 * height))
-    )
+    kinds.append(box(u(-3 * width, -2 * width), u(0, height), u(-2 * width, -2), u(height, 2 * height)))
     kinds.append(
         box(
             u(width + 2, 2 * width),
@@ -152,9 +146,7 @@ def _feature_boxes(
     snapped = torch.cat([boxes.round(), boxes.round() + 0.5])
     if snapped_inside_only:
         lo = torch.minimum(snapped[:, :2], snapped[:, 2:])
-        hi = torch.maximum(snapped[:, :2], snapped[:, 2:]).maximum(
-            snapped[:, :2] + 1
-        )  # unaligned: >= 1 px
+        hi = torch.maximum(snapped[:, :2], snapped[:, 2:]).maximum(snapped[:, :2] + 1)  # unaligned: >= 1 px
         limit = torch.tensor([width - 1, height - 1], dtype=torch.float64)
         snapped = snapped[((lo >= 0.5) & (hi <= limit)).all(dim=1)]
     return torch.cat([boxes, snapped])
@@ -240,9 +232,7 @@ def test_roi_align_backward(aligned, sampling_ratio, output_size, spatial_scale,
     if aligned and sampling_ratio <= 0:
         rois = _drop_inverted(rois)
     args = (rois, output_size, spatial_scale, sampling_ratio, aligned)
-    grad_output = torch.randn(
-        (rois.shape[0], C, *_pair(output_size)), generator=gen, dtype=torch.float64
-    ).to(dtype)
+    grad_output = torch.randn((rois.shape[0], C, *_pair(output_size)), generator=gen, dtype=torch.float64).to(dtype)
     out_tv, grad_tv = _grad(lambda t: tv_ops.roi_align(t, *args), x, grad_output)
     out, grad = _grad(lambda t: roi_align(t, *args), x, grad_output)
     torch.testing.assert_close(out, out_tv, **_tol(dtype, x.abs().max()))
@@ -277,9 +267,7 @@ def test_roi_align_non_contiguous_inputs(dtype):
     rois = rois6[:, :5]  # a non-contiguous view
     assert not x.is_contiguous() and not rois.is_contiguous()
     expected = tv_ops.roi_align(x.contiguous(), rois.contiguous(), 5, 1.0, -1, True)
-    torch.testing.assert_close(
-        roi_align(x, rois, 5, 1.0, -1, True), expected, **_tol(dtype, x.abs().max())
-    )
+    torch.testing.assert_close(roi_align(x, rois, 5, 1.0, -1, True), expected, **_tol(dtype, x.abs().max()))
     x_cl = x.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(
         roi_align(x_cl, rois, 5, 1.0, 2, False),
@@ -353,9 +341,7 @@ def test_roi_align_module_matches_torchvision():
         {"output_size": (2, 3), "spatial_scale": 1 / 16, "sampling_ratio": -1, "aligned": False},
     ]:
         expected = tv_ops.RoIAlign(**kwargs)(x, rois)
-        torch.testing.assert_close(
-            RoIAlign(**kwargs)(x, rois), expected, **_tol(torch.float64, x.abs().max())
-        )
+        torch.testing.assert_close(RoIAlign(**kwargs)(x, rois), expected, **_tol(torch.float64, x.abs().max()))
         torch.testing.assert_close(
             RoIAlign(**kwargs)(x, _as_list(rois, N)),
             expected[_list_order(rois, N)],
@@ -376,9 +362,7 @@ def test_roi_pool_forward_backward(output_size, spatial_scale, dtype):
     rois = _rois(gen, dtype, spatial_scale, snapped_inside_only=False)
     ph, pw = _pair(output_size)
     grad_output = torch.randint(-4, 5, (rois.shape[0], C, ph, pw), generator=gen).to(dtype)
-    out_tv, grad_tv = _grad(
-        lambda t: tv_ops.roi_pool(t, rois, output_size, spatial_scale), x, grad_output
-    )
+    out_tv, grad_tv = _grad(lambda t: tv_ops.roi_pool(t, rois, output_size, spatial_scale), x, grad_output)
     out, grad = _grad(lambda t: roi_pool(t, rois, output_size, spatial_scale), x, grad_output)
     assert out.dtype == dtype and grad.dtype == dtype
     torch.testing.assert_close(out, out_tv, rtol=0, atol=0)
@@ -416,9 +400,7 @@ def test_roi_pool_rounds_half_away_from_zero(dtype):
     for spatial_scale in (1.0, 0.5):
         rois = torch.cat([torch.zeros(len(boxes), 1), boxes / spatial_scale], dim=1).to(dtype)
         expected = tv_ops.roi_pool(x, rois, (2, 3), spatial_scale)
-        torch.testing.assert_close(
-            roi_pool(x, rois, (2, 3), spatial_scale), expected, rtol=0, atol=0
-        )
+        torch.testing.assert_close(roi_pool(x, rois, (2, 3), spatial_scale), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -446,9 +428,7 @@ def test_roi_pool_list_of_boxes_and_module(dtype):
     boxes = _as_list(rois, N)
     expected = tv_ops.roi_pool(x, boxes, 7, 1 / 2)
     torch.testing.assert_close(roi_pool(x, boxes, 7, 1 / 2), expected, rtol=0, atol=0)
-    torch.testing.assert_close(
-        RoIPool(7, 1 / 2)(x, rois), tv_ops.RoIPool(7, 1 / 2)(x, rois), rtol=0, atol=0
-    )
+    torch.testing.assert_close(RoIPool(7, 1 / 2)(x, rois), tv_ops.RoIPool(7, 1 / 2)(x, rois), rtol=0, atol=0)
     torch.testing.assert_close(
         RoIPool((2, 3), 1 / 2)(x, boxes), tv_ops.RoIPool((2, 3), 1 / 2)(x, boxes), rtol=0, atol=0
     )
@@ -475,39 +455,25 @@ def _midpoint_exact_rois(gen: torch.Generator, spatial_scale: float, ph: int, pw
     for _ in range(12):
         x0 = int(torch.randint(0, W - 1 - pw * k + 1, (1,), generator=gen))
         y0 = int(torch.randint(0, H - 1 - ph * k + 1, (1,), generator=gen))
-        feat = (
-            torch.tensor([x0, y0, x0 + pw * k, y0 + ph * k], dtype=torch.float64) + 0.5
-        )  # aligned: -0.5
-        rows.append(
-            torch.cat([torch.randint(0, N, (1,), generator=gen).double(), feat / spatial_scale])
-        )
+        feat = torch.tensor([x0, y0, x0 + pw * k, y0 + ph * k], dtype=torch.float64) + 0.5  # aligned: -0.5
+        rows.append(torch.cat([torch.randint(0, N, (1,), generator=gen).double(), feat / spatial_scale]))
     return torch.stack(rows)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spatial_scale", [1.0, 1 / 4])
 @pytest.mark.parametrize(("output_size", "k"), [((1, 1), 3), ((2, 3), 2), ((3, 2), 1), ((4, 4), 3)])
-def test_precise_roi_pool_equals_roi_align_where_midpoint_rule_is_exact(
-    output_size, k, spatial_scale, dtype
-):
+def test_precise_roi_pool_equals_roi_align_where_midpoint_rule_is_exact(output_size, k, spatial_scale, dtype):
     gen = _gen("prroi", output_size, k, spatial_scale, dtype)
     x = _random_map(gen, dtype)
     rois = _midpoint_exact_rois(gen, spatial_scale, *output_size, k).to(dtype)
-    grad_output = torch.randn(
-        (rois.shape[0], C, *output_size), generator=gen, dtype=torch.float64
-    ).to(dtype)
-    out_tv, grad_tv = _grad(
-        lambda t: tv_ops.roi_align(t, rois, output_size, spatial_scale, k, True), x, grad_output
-    )
-    out, grad = _grad(
-        lambda t: precise_roi_pool(t, rois, output_size, spatial_scale, True), x, grad_output
-    )
+    grad_output = torch.randn((rois.shape[0], C, *output_size), generator=gen, dtype=torch.float64).to(dtype)
+    out_tv, grad_tv = _grad(lambda t: tv_ops.roi_align(t, rois, output_size, spatial_scale, k, True), x, grad_output)
+    out, grad = _grad(lambda t: precise_roi_pool(t, rois, output_size, spatial_scale, True), x, grad_output)
     torch.testing.assert_close(out, out_tv, **_tol(dtype, x.abs().max()))
     torch.testing.assert_close(grad, grad_tv, **_tol(dtype, grad_tv.abs().max()))
     module = PreciseRoIPool(output_size, spatial_scale, aligned=True)
-    torch.testing.assert_close(
-        module(x, _as_list(rois, N)), out_tv[_list_order(rois, N)], **_tol(dtype, x.abs().max())
-    )
+    torch.testing.assert_close(module(x, _as_list(rois, N)), out_tv[_list_order(rois, N)], **_tol(dtype, x.abs().max()))
 
 
 def test_precise_roi_pool_is_the_limit_of_roi_align():
@@ -558,12 +524,9 @@ def _fpn_boxes(gen, dtype) -> list[torch.Tensor]:
     for img_h, img_w in IMAGE_SHAPES:
         n = 40
         side = torch.exp(
-            math.log(8)
-            + (math.log(400) - math.log(8)) * torch.rand(n, generator=gen, dtype=torch.float64)
+            math.log(8) + (math.log(400) - math.log(8)) * torch.rand(n, generator=gen, dtype=torch.float64)
         )
-        aspect = torch.exp(
-            (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 2 * math.log(2)
-        )
+        aspect = torch.exp((torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 2 * math.log(2))
         bw, bh = side / aspect.sqrt(), side * aspect.sqrt()
         x1 = torch.rand(n, generator=gen, dtype=torch.float64) * (img_w - bw).clamp(min=0)
         y1 = torch.rand(n, generator=gen, dtype=torch.float64) * (img_h - bh).clamp(min=0)
@@ -571,16 +534,12 @@ def _fpn_boxes(gen, dtype) -> list[torch.Tensor]:
         # squares of side 56 * 2^k sit exactly on the level boundaries of the FPN level mapper
         for s in (28.0, 56.0, 112.0, 224.0, 448.0, 896.0):
             boxes.append(torch.tensor([[3.0, 5.0, 3.0 + s, 5.0 + s]], dtype=torch.float64))
-        boxes.append(
-            torch.tensor([[10.0, 20.0, 10.0, 60.0], [7.0, 7.0, 7.0, 7.0]], dtype=torch.float64)
-        )
+        boxes.append(torch.tensor([[10.0, 20.0, 10.0, 60.0], [7.0, 7.0, 7.0, 7.0]], dtype=torch.float64))
         out.append(torch.cat(boxes).to(dtype))
     return out
 
 
-def _tv_multiscale(
-    features, boxes, output_size, sampling_ratio, canonical_size=224, canonical_level=4
-):
+def _tv_multiscale(features, boxes, output_size, sampling_ratio, canonical_size=224, canonical_level=4):
     names = [f"p{i}" for i in range(2, 2 + len(features))]
     pooler = tv_ops.MultiScaleRoIAlign(
         names,
@@ -592,9 +551,7 @@ def _tv_multiscale(
     return pooler(OrderedDict(zip(names, features, strict=True)), boxes, IMAGE_SHAPES)
 
 
-def _assign_levels(
-    boxes: torch.Tensor, canonical_size: float, canonical_level: int, k_min: int, k_max: int
-):
+def _assign_levels(boxes: torch.Tensor, canonical_size: float, canonical_level: int, k_min: int, k_max: int):
     """FPN eq. 1, k = floor(k0 + log2(sqrt(wh) / 224)), with torchvision's 1e-6 nudge, clamped."""
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     lvl = torch.floor(canonical_level + torch.log2(area.sqrt() / canonical_size) + 1e-6)
@@ -612,18 +569,11 @@ def test_multiscale_roi_align_matches_torchvision(
     gen = _gen("msra", canonical_size, output_size, sampling_ratio, dtype, box_format)
     features = _fpn_features(gen, dtype)
     boxes = _fpn_boxes(gen, dtype)
-    expected = _tv_multiscale(
-        features, boxes, output_size, sampling_ratio, canonical_size, canonical_level
-    )
+    expected = _tv_multiscale(features, boxes, output_size, sampling_ratio, canonical_size, canonical_level)
     if box_format == "list":
         arg = boxes
     else:
-        arg = torch.cat(
-            [
-                torch.cat([torch.full((len(b), 1), i, dtype=dtype), b], 1)
-                for i, b in enumerate(boxes)
-            ]
-        )
+        arg = torch.cat([torch.cat([torch.full((len(b), 1), i, dtype=dtype), b], 1) for i, b in enumerate(boxes)])
     actual = multiscale_roi_align(
         features,
         arg,
@@ -635,9 +585,7 @@ def test_multiscale_roi_align_matches_torchvision(
         canonical_level=canonical_level,
     )
     assert actual.dtype == dtype
-    torch.testing.assert_close(
-        actual, expected, **_tol(dtype, max(f.abs().max() for f in features))
-    )
+    torch.testing.assert_close(actual, expected, **_tol(dtype, max(f.abs().max() for f in features)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -659,9 +607,7 @@ def test_multiscale_roi_align_aligned_matches_torchvision_per_level():
     gen = _gen("msra_aligned")
     features = _fpn_features(gen, torch.float64)
     boxes = _fpn_boxes(gen, torch.float64)
-    rois = torch.cat(
-        [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)]
-    )
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
     levels = _assign_levels(rois[:, 1:], 224, 4, 2, 5)
     expected = torch.zeros(len(rois), C, 7, 7, dtype=torch.float64)
     for lvl, (feat, scale) in enumerate(zip(features, FPN_SCALES, strict=True)):
@@ -722,9 +668,7 @@ if given is not None:
         inverted = box[2] < box[0] or box[3] < box[1]
         check_align = not (aligned and sampling_ratio <= 0 and inverted)  # see _drop_inverted
         x = _random_map(_gen("hyp"), torch.float64, (1, C, 11, 14))
-        rois = torch.tensor([[0.0, *box]], dtype=torch.float64) / torch.tensor(
-            [1.0] + [spatial_scale] * 4
-        )
+        rois = torch.tensor([[0.0, *box]], dtype=torch.float64) / torch.tensor([1.0] + [spatial_scale] * 4)
         if check_align:
             torch.testing.assert_close(
                 roi_align(x, rois, output_size, spatial_scale, sampling_ratio, aligned),

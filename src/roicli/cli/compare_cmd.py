@@ -9,12 +9,13 @@ import torch
 import typer
 
 from roicli.cli import pooling as opt
-from roicli.cli._common import handle_errors, load_inputs, parse_output_size, stderr
+from roicli.cli._common import handle_errors, parse_output_size, stderr
 from roicli.cli.render import FORMATS, format_for_path, render_text
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
 from roicli.ops import fpn_levels
 from roicli.ops._validate import compute_dtype
+from roicli.pipeline import PoolSpec, load_inputs
 from roicli.report import (
     COLUMN_DEFINITIONS,
     by_size,
@@ -93,18 +94,18 @@ def compare(
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if output:
         check_output(output, [features, rois], binary=False)
-    inputs = load_inputs(
-        features,
-        rois,
-        key=key,
+    spec = PoolSpec(
+        output_size=size,
         spatial_scale=spatial_scale,
         stride=stride,
+        key=key,
         backbone=backbone,
         box_format=box_format,
         rois_format=rois_format,
         device=device,
         dtype=dtype,
     )
+    inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
     dt = compute_dtype(feats.levels[0].dtype)
     boxes = roi_set.as_tensor(dt).to(inputs.device)  # [K, 5]

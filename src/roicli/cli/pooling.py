@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 
-import torch
 import typer
 from rich.progress import Progress
-from safetensors.torch import save as st_save
 
-import roicli
-from roicli.cli._common import handle_errors, load_inputs, parse_output_size, show_progress, stderr
+from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
 from roicli.cli.render import format_for_path, render_text
-from roicli.errors import InputError, UsageError
+from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
-from roicli.ops import fpn_levels, pool_levels, precise_roi_pool, roi_align, roi_pool
-from roicli.ops._validate import compute_dtype
-from roicli.report import pool_geometry
+from roicli.pipeline import PoolSpec, pool_job
 
 # Options shared by the three commands (declared once).
 Features = Annotated[
@@ -106,10 +100,7 @@ def align(
     """RoI Align: bilinear samples averaged (or maxed) per bin; no rounding. Same numbers as
     torchvision.ops.roi_align."""
     opts = dict(locals())
-    if mode not in ("avg", "max"):
-        raise UsageError(f"--mode: expected avg or max, got {mode!r}")
-    params = {"sampling_ratio": sampling_ratio, "aligned": aligned, "mode": mode}
-    _run("align", lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned, mode=mode), params, **opts)
+    _run(_spec("align", opts, sampling_ratio=sampling_ratio, aligned=aligned, mode=mode), **opts)
 
 
 @handle_errors
@@ -136,7 +127,8 @@ def pool(
 ) -> None:
     """RoI Pool (Fast R-CNN): box rounded to the grid, integer bins, max per bin. Same numbers as
     torchvision.ops.roi_pool."""
-    _run("pool", lambda f, r, size, s: roi_pool(f, r, size, s), {}, **dict(locals()))
+    opts = dict(locals())
+    _run(_spec("pool", opts), **opts)
 
 
 @handle_errors
@@ -166,167 +158,73 @@ def precise(
 ) -> None:
     """Precise RoI Pooling: the exact mean of the bilinearly interpolated map over each bin
     (no sampling, no rounding) — the ground truth the quantization report uses."""
-    _run("precise", lambda f, r, size, s: precise_roi_pool(f, r, size, s, aligned), {"aligned": aligned}, **locals())
+    opts = dict(locals())
+    _run(_spec("precise", opts, aligned=aligned), **opts)
 
 
-def _run(
-    command: str,
-    op,
-    params: dict,
-    *,
-    features,
-    rois,
-    output,
-    output_size,
-    spatial_scale,
-    stride,
-    key,
-    backbone,
-    box_format,
-    rois_format,
-    device,
-    dtype,
-    canonical_size,
-    canonical_level,
-    report,
-    strict,
-    chunk_size,
-    json_out,
-    quiet,
-    **_,
-) -> None:
+def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, quiet, **_) -> None:
     """The recipe every pooling command follows."""
-    size = parse_output_size(output_size)
-    if chunk_size <= 0:
-        raise UsageError(f"--chunk-size: expected a positive number, got {chunk_size}")
     if json_out and output == "-":
         raise UsageError("--json prints the summary on stdout, which -o - already uses for data")
     check_output(output, [features, rois])
     if report:
         check_output(report, [features, rois, output], binary=False)
-    t0 = time.perf_counter()
-    inputs = load_inputs(
-        features,
-        rois,
-        key=key,
-        spatial_scale=spatial_scale,
-        stride=stride,
-        backbone=backbone,
-        box_format=box_format,
-        rois_format=rois_format,
-        device=device,
-        dtype=dtype,
-    )
-    feats, roi_set = inputs.features, inputs.rois
     console = stderr()
-    bad = roi_set.degenerate()
-    if bad:
+    with Progress(disable=not show_progress(quiet or json_out), transient=True, console=console) as bar:
+        task = bar.add_task(f"roicli {spec.op}", total=None)
+        result = pool_job(
+            features,
+            rois,
+            spec,
+            strict=strict,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    roi_set = result.inputs.rois
+    if result.degenerate and not quiet:
+        bad = result.degenerate
         names = ", ".join(repr(roi_set.ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        msg = f"{len(bad)} zero-size or inverted box(es) (ids {names})"
-        if strict:
-            raise InputError(f"{roi_set.source}: {msg}")
-        if not quiet:
-            console.print(f"Warning: {msg}; pooled as given (they sample a degenerate region)", markup=False)
+        console.print(
+            f"Warning: {len(bad)} zero-size or inverted box(es) (ids {names}); pooled as given "
+            "(they sample a degenerate region; --strict makes this an error)",
+            markup=False,
+        )
     if len(roi_set) == 0 and not quiet:
         console.print(f"Notice: {roi_set.source} holds no RoIs; writing an empty result", markup=False)
-
-    dt = compute_dtype(feats.levels[0].dtype)
-    boxes = roi_set.as_tensor(dt).to(inputs.device)  # [K, 5]
-    if feats.is_pyramid:
-        levels = fpn_levels(boxes, feats.scales, canonical_size, canonical_level)
-    else:
-        levels = torch.zeros(len(roi_set), dtype=torch.long, device=inputs.device)
-    pooled = _pool_in_chunks(op, feats, boxes, levels, size, chunk_size, show_progress(quiet or json_out))
-    seconds = time.perf_counter() - t0
-
-    scales = torch.tensor(feats.scales, dtype=torch.float64)[levels.cpu()]  # [K] per RoI
-    tensors = {"pooled": pooled.contiguous(), "rois": boxes.cpu().contiguous()}
-    if all(isinstance(i, int) for i in roi_set.ids):
-        tensors["ids"] = torch.tensor(roi_set.ids, dtype=torch.int64)
-    if feats.is_pyramid:
-        tensors["levels"] = levels.cpu()
-    if roi_set.scores is not None:
-        tensors["scores"] = torch.tensor([float("nan") if s is None else s for s in roi_set.scores])
-    meta = {
-        "op": command,
-        "output_size": f"{size[0]}x{size[1]}",
-        "spatial_scale": json.dumps(feats.scales if feats.is_pyramid else feats.scales[0]),
-        "spatial_scale_source": feats.scale_source,
-        **{k: json.dumps(v) for k, v in params.items()},
-        "features": feats.source,
-        "keys": ",".join(feats.keys),
-        "rois": roi_set.source,
-        "box_format": roi_set.box_format,
-        "device": str(inputs.device),
-        "dtype": str(pooled.dtype).replace("torch.", ""),
-        "count": str(len(roi_set)),
-        "ids": json.dumps(roi_set.ids),
-        "roicli_version": roicli.__version__,
-        "torch_version": torch.__version__,
-    }
-    if roi_set.labels is not None:
-        meta["labels"] = json.dumps(roi_set.labels)
-    if feats.is_pyramid:
-        meta.update(canonical_size=json.dumps(canonical_size), canonical_level=json.dumps(canonical_level))
-    if feats.image_size is not None:
-        meta["image_size"] = json.dumps(list(feats.image_size))
-    write_output(output, st_save(tensors, metadata=meta))
-
+    write_output(output, result.to_bytes())
     if report:
-        sizes = torch.tensor([list(feats.levels[int(lv)].shape[-2:]) for lv in levels.cpu()]).reshape(-1, 2)
-        rows = [g.flat() for g in pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, size, sizes, dt)]
-        fmt = format_for_path(report)
-        write_output(
-            report,
-            render_text(rows, fmt, header={"op": "roi_pool geometry", "output_size": meta["output_size"]}).encode(),
+        text = render_text(
+            result.geometry_rows(spec),
+            format_for_path(report),
+            header={"op": "roi_pool geometry", "output_size": result.metadata["output_size"]},
         )
-
-    summary = {
-        "op": command,
-        "rois": len(roi_set),
-        "output": output,
-        "output_shape": list(pooled.shape),
-        "spatial_scale": feats.scales if feats.is_pyramid else feats.scales[0],
-        "spatial_scale_source": feats.scale_source,
-        "output_size": list(size),
-        **params,
-        "device": str(inputs.device),
-        "dtype": meta["dtype"],
-        "seconds": round(seconds, 4),
-        "degenerate_boxes": len(bad),
-    }
-    if feats.is_pyramid:
-        summary["rois_per_level"] = dict(
-            zip(feats.keys, torch.bincount(levels.cpu(), minlength=len(feats.keys)).tolist())
-        )
+        write_output(report, text.encode())
+    summary = {**result.summary, "output": output}
     if json_out:
         typer.echo(json.dumps(summary))
     elif not quiet:
-        scale = summary["spatial_scale"]
         console.print(
-            f"{command}: {len(roi_set)} RoIs -> {output} {tuple(pooled.shape)} {meta['dtype']} on {inputs.device}, "
-            f"spatial_scale {scale} ({feats.scale_source}), {seconds:.3f} s",
+            f"{spec.op}: {summary['rois']} RoIs -> {output} {tuple(summary['output_shape'])} {summary['dtype']} "
+            f"on {summary['device']}, spatial_scale {summary['spatial_scale']} ({summary['spatial_scale_source']}), "
+            f"{summary['seconds']:.3f} s",
             markup=False,
             soft_wrap=True,
         )
 
 
-def _pool_in_chunks(op, feats, boxes, levels, size, chunk_size: int, progress: bool) -> torch.Tensor:
-    """Pool `chunk_size` RoIs at a time (bounded memory), results on the CPU in input order."""
-    k = boxes.shape[0]
-    c = feats.levels[0].shape[1]
-    out_dtype = feats.levels[0].dtype
-    if k == 0:
-        return torch.zeros((0, c, *size), dtype=out_dtype)
-    chunks = []
-    with torch.no_grad(), Progress(disable=not progress, transient=True, console=stderr()) as bar:
-        task = bar.add_task("pooling", total=k)
-        for s in range(0, k, chunk_size):
-            r, lv = boxes[s : s + chunk_size], levels[s : s + chunk_size]
-            if feats.is_pyramid:
-                res = pool_levels(lambda f, rr, sc: op(f, rr, size, sc), feats.levels, r, lv, feats.scales)
-            else:
-                res = op(feats.levels[0], r, size, feats.scales[0])
-            chunks.append(res.cpu())
-            bar.update(task, advance=r.shape[0])
-    return torch.cat(chunks)
+def _spec(op: str, opts: dict, **params) -> PoolSpec:
+    return PoolSpec(
+        op=op,
+        output_size=parse_output_size(opts["output_size"]),
+        spatial_scale=opts["spatial_scale"],
+        stride=opts["stride"],
+        key=opts["key"],
+        backbone=opts["backbone"],
+        box_format=opts["box_format"],
+        rois_format=opts["rois_format"],
+        device=opts["device"],
+        dtype=opts["dtype"],
+        canonical_size=opts["canonical_size"],
+        canonical_level=opts["canonical_level"],
+        chunk_size=opts["chunk_size"],
+        **params,
+    )

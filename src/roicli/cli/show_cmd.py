@@ -10,13 +10,14 @@ import torch
 import typer
 
 from roicli.cli import pooling as opt
-from roicli.cli._common import handle_errors, load_inputs, parse_output_size, stderr
+from roicli.cli._common import handle_errors, parse_output_size, stderr
 from roicli.errors import UsageError
 from roicli.figure import draw, heatmap
 from roicli.io.features import is_image_path
 from roicli.io.images import read_image
 from roicli.io.output import check_output, write_output
 from roicli.ops import fpn_levels
+from roicli.pipeline import PoolSpec, load_inputs
 
 
 def register(app: typer.Typer) -> None:
@@ -58,18 +59,18 @@ def show(
     if not 64 <= max_size <= 4096:
         raise UsageError(f"--max-size: expected 64..4096, got {max_size}")
     check_output(output, [features, rois])
-    inputs = load_inputs(
-        features,
-        rois,
-        key=key,
+    spec = PoolSpec(
+        output_size=size,
         spatial_scale=spatial_scale,
         stride=stride,
+        key=key,
         backbone=backbone,
         box_format=box_format,
         rois_format=rois_format,
         device="cpu",
         dtype=None,
     )
+    inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
     if len(roi_set) == 0:
         raise UsageError(f"{roi_set.source}: holds no RoIs; nothing to draw")

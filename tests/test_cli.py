@@ -54,6 +54,8 @@ PYRAMID_BOXES = json.loads(PYRAMID_ROIS.read_text())
 EXACT_BOXES = SAMPLE_BOXES[:4]
 
 runner = CliRunner()
+# torch.jit is deprecated in this torch; the CLI still takes TorchScript backbones, so the tests still make them.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -223,7 +225,8 @@ def test_precise_no_aligned(outdir: Path):
         (["--sampling-ratio", "2"], {"sampling_ratio": 2}),
         (["--aligned"], {"aligned": True}),
         (["--mode", "max"], {"mode": "max"}),
-        (["--mode", "max", "--sampling-ratio", "3", "--aligned"], {"mode": "max", "sampling_ratio": 3, "aligned": True}),
+        (["--mode", "max", "--sampling-ratio", "3", "--aligned"],
+         {"mode": "max", "sampling_ratio": 3, "aligned": True}),
     ],
 )
 def test_align_options(outdir: Path, args, kwargs):
@@ -875,8 +878,9 @@ def test_several_maps_need_key(two_maps: Path, outdir: Path):
 
 
 def test_unknown_key_lists_available(two_maps: Path, outdir: Path):
-    assert_fails(_run_in(outdir, two_maps, ROIS_JSON, "--key", "neck"), 1, "'neck'", "available: backbone, head",
-                 outdir=outdir)
+    line = assert_fails(_run_in(outdir, two_maps, ROIS_JSON, "--key", "neck"), 1, "'neck'", "available: ",
+                        outdir=outdir)
+    assert "backbone" in line.split("available: ")[1] and "head" in line.split("available: ")[1]
 
 
 def test_json_syntax_error(tmp_path: Path, outdir: Path):

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import save as st_save
 
 import roicli
 from roicli.errors import InputError, UsageError
 from roicli.io.features import Features, features_from_image, features_from_safetensors, is_image_path
 from roicli.io.output import read_input
 from roicli.io.rois import RoiSet, read_rois
+from roicli.io.safetensors_io import dumps
 from roicli.ops import fpn_levels, pool_levels, precise_roi_pool, roi_align, roi_pool
 from roicli.ops._validate import compute_dtype
 from roicli.report import pool_geometry
@@ -168,7 +168,7 @@ class PoolResult:
     degenerate: list[int] = field(default_factory=list)  # rows of zero-size or inverted boxes
 
     def to_bytes(self) -> bytes:
-        return st_save(self.tensors, metadata=self.metadata)
+        return dumps(self.tensors, self.metadata)
 
     def geometry_rows(self, spec: PoolSpec) -> list[dict]:
         """RoI Pool's per-RoI quantization geometry (the `--report`)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from roicli.cli import compare_cmd, inspect_cmd, pooling, show_cmd
+from roicli.cli import batch_cmd, compare_cmd, inspect_cmd, pooling, show_cmd
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +21,7 @@ pooling.register(app)
 inspect_cmd.register(app)
 compare_cmd.register(app)
 show_cmd.register(app)
+batch_cmd.register(app)
 
 
 def main() -> None:

@@ -38,6 +38,10 @@ def handle_errors(fn):
             if os.environ.get("ROICLI_DEBUG") == "1":
                 traceback.print_exc()
             raise fail(str(e), e.exit_code) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other tools
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except KeyboardInterrupt:
             raise fail("interrupted; no output was written", 130) from None
         except (typer.Exit, typer.Abort, SystemExit):

@@ -1,0 +1,46 @@
+"""Write safetensors deterministically: the same tensors and metadata give the same bytes, in any
+process (the reference writer orders the metadata by hash). Tensors are stored in name order, the
+header's keys sorted, the header padded with spaces to 8 bytes, as the format allows."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import torch
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        data = _raw(t)
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)

@@ -451,7 +451,8 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
         f"torch {meta['torch']}, torchvision {meta['torchvision'] or 'not installed'}, "
         f"roicli {'ok' if meta['roicli'] else 'not importable: ' + meta['roicli_error']}",
         f"device {meta['device_name']}, threads {meta['threads']}, python {meta['python']}, "
-        f"median of {meta['repeat']} runs after {meta['warmup']} warm-up",
+        f"median of {meta['repeat']} runs after {meta['warmup']} warm-up, "
+        f"load average {meta['load_average_start']} -> {meta['load_average_end']}",
         f"memory: {meta['memory_note']}",
     ]
     notes = [f"{name}: {desc}" for name, desc in descriptions.items()]
@@ -512,6 +513,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages: other busy processes skew CPU timings (OpenMP spins)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def progress(message: str) -> None:
     """Progress on stderr (stdout carries the table or the JSON only)."""
     print(f"  {message}", file=sys.stderr, flush=True)
@@ -549,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "seed": args.seed,
         "memory_note": memory_note,
+        "load_average_start": _loadavg(),
     }
 
     descriptions: dict[str, str] = {}
@@ -583,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
                 if fn is None or getattr(row, f"{impl}_ms") is None:
                     continue
                 setattr(row, f"{impl}_peak_mib", peak_mib(fn, device, cpu_probe))
+    meta["load_average_end"] = _loadavg()
     rows = [row for row, _ in measured]
     measured.clear()
     gc.collect()

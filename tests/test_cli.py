@@ -445,11 +445,6 @@ def test_rois_from_stdin_forced_formats(outdir: Path):
         assert torch.equal(tensors["ids"], torch.arange(5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JSON Lines of lists ([x1,y1,x2,y2] per line) on stdin are sniffed as JSON and fail with "
-    "'invalid JSON at line 2, column 1: Extra data'; _sniff only recognises JSONL whose first line is an object",
-)
 def test_jsonl_lists_on_stdin_are_sniffed(outdir: Path):
     text = "".join(json.dumps(b) + "\n" for b in SAMPLE_BOXES)
     out = outdir / "o.safetensors"
@@ -529,11 +524,6 @@ def test_pyramid_key_picks_one_level(outdir: Path):
     assert meta["keys"] == "p3"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `--key p3` on an FPN file without stride metadata pools at spatial_scale 1.0 ('default') instead "
-    "of 1/8; _scales_from_metadata only applies the pk -> 2**-k rule when more than one key is selected",
-)
 def test_pyramid_key_alone_uses_the_level_stride(outdir: Path):
     out = outdir / "p3.safetensors"
     ok(run("align", PYRAMID, PYRAMID_ROIS, "-o", out, "--key", "p3", "--device", "cpu", "-q"))
@@ -650,11 +640,6 @@ def test_torchscript_backbone(outdir: Path, torchscript_backbone: Path, stride_a
     assert meta["keys"] == "backbone.pt"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: -o naming the --backbone file is not refused (check_output only guards FEATURES and ROIS); "
-    "the TorchScript backbone is overwritten with safetensors bytes",
-)
 def test_output_equal_to_backbone_is_refused(outdir: Path, torchscript_backbone: Path):
     before = torchscript_backbone.read_bytes()
     result = run("align", SCENE, PYRAMID_ROIS, "-o", torchscript_backbone, "--backbone", torchscript_backbone,
@@ -663,11 +648,6 @@ def test_output_equal_to_backbone_is_refused(outdir: Path, torchscript_backbone:
     assert_fails(result, 1, "input")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a missing --backbone file reports 'not a TorchScript module (--backbone): The provided filename "
-    "... does not exist'; torch.jit.load raises ValueError, so the 'no such file (--backbone)' branch is dead",
-)
 def test_missing_backbone_file(tmp_path: Path, outdir: Path):
     result = run("align", SCENE, PYRAMID_ROIS, "-o", outdir / "o.safetensors", "--backbone", tmp_path / "nope.pt")
     assert_fails(result, 1, "nope.pt: no such file", outdir=outdir)
@@ -719,11 +699,6 @@ def test_json_with_stdout_output_is_a_usage_error(outdir: Path):
     assert_fails(run("align", FEATS, ROIS_JSON, "-o", "-", "--json"), 2, "--json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --report - is accepted together with -o - (safetensors bytes then report text on one stdout) "
-    "and with --json (report text then the JSON summary on stdout); neither is refused",
-)
 @pytest.mark.parametrize("args", [["-o", "-", "--report", "-"], ["-o", "OUT", "--json", "--report", "-"]])
 def test_two_things_on_stdout_are_refused(outdir: Path, args):
     args = [str(outdir / "o.safetensors") if a == "OUT" else a for a in args]
@@ -960,16 +935,11 @@ def test_degenerate_boxes_warn(outdir: Path, degenerate_rois: Path, command):
     assert torch.isfinite(tensors["pooled"]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Warning/Notice lines are printed without soft_wrap, so rich wraps them at 80 columns when stderr "
-    "is not a terminal (e.g. '...pooled as given (they\\nsample a degenerate region)'), unlike the Error lines",
-)
 def test_warning_is_one_line(outdir: Path, degenerate_rois: Path):
     result = run("align", FEATS, degenerate_rois, "-o", outdir / "o.safetensors")
     ok(result)
     warnings = [ln for ln in result.stderr.splitlines() if ln.startswith("Warning:")]
-    assert len(warnings) == 1 and warnings[0].rstrip().endswith("degenerate region)")
+    assert len(warnings) == 1 and warnings[0].rstrip().endswith("--strict makes this an error)")
 
 
 def test_degenerate_boxes_strict(outdir: Path, degenerate_rois: Path):
@@ -1096,11 +1066,6 @@ def test_bad_options_are_usage_errors(outdir: Path, args, needle):
     assert_fails(_run_in(outdir, FEATS, ROIS_JSON, *args), 2, needle, outdir=outdir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an integer id beyond int64 (JSON allows it) makes torch.tensor(ids) overflow: exit 1 with "
-    "'Error: internal error: ValueError: Overflow when unpacking long long' and a Hint line",
-)
 def test_huge_integer_id(tmp_path: Path, outdir: Path):
     path = tmp_path / "big.json"
     path.write_text('[{"id": 123456789012345678901234567890, "box": [0, 0, 100, 100]}]')

@@ -9,6 +9,7 @@ All geometry comes from the ops' own functions, in image pixels: feature cell i 
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,9 @@ def draw(
         y1 = min(img_h, float(boxes[:, [1, 3]].max()) + margin)
     else:
         x0, y0, x1, y1 = 0.0, 0.0, img_w, img_h
-    zoom = min(max_size / max(x1 - x0, 1e-9), max_size / max(y1 - y0, 1e-9), 64.0)
+    notes = _wrap(legend or [], max_size)
+    band = _band_height(notes) if _band_height(notes) <= max_size // 2 else 0  # no room: no legend
+    zoom = min(max_size / max(x1 - x0, 1e-9), (max_size - band) / max(y1 - y0, 1e-9), 64.0)
     view = View(x0, y0, zoom)
     size = (max(1, round((x1 - x0) * zoom)), max(1, round((y1 - y0) * zoom)))
 
@@ -136,8 +139,7 @@ def draw(
             for x in sx:
                 cx, cy = view(x, y)
                 d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=SAMPLES)
-    _legend(d, legend or [])
-    return canvas, view
+    return (_with_legend(canvas, notes, max_size) if band else canvas), view
 
 
 def _rect(d: ImageDraw.ImageDraw, view: View, cells: list[int], px_per_cell: float, colour, width: int):
@@ -147,20 +149,37 @@ def _rect(d: ImageDraw.ImageDraw, view: View, cells: list[int], px_per_cell: flo
     d.rectangle([a, (b[0] - 1, b[1] - 1)], outline=colour, width=width)
 
 
-def _legend(d: ImageDraw.ImageDraw, extra: list[str]) -> None:
+LEGEND = [
+    (EXACT, "exact RoI and bins"),
+    (QUANTIZED, "RoI Pool: rounded RoI, integer bins"),
+    (SAMPLES, "RoI Align sample points"),
+    (GRID, "feature cells"),
+]
+_CHAR_W, _LINE_H = 6, 14  # pillow's default bitmap font
+
+
+def _wrap(lines: list[str], width: int) -> list[str]:
+    chars = max(10, (width - 20) // _CHAR_W)
+    return [ln for text in lines for ln in textwrap.wrap(text, chars)]
+
+
+def _band_height(notes: list[str]) -> int:
+    return 10 + _LINE_H * (len(LEGEND) + len(notes))
+
+
+def _with_legend(canvas: Image.Image, extra: list[str], max_size: int) -> Image.Image:
+    """The picture with a white legend band below it (never over the RoIs); at most `max_size` wide."""
     font = ImageFont.load_default()
-    items = [
-        (EXACT, "exact RoI and bins (RoI Align, exact pooling)"),
-        (QUANTIZED, "rounded RoI and integer bins (RoI Pool)"),
-        (SAMPLES, "RoI Align sample points"),
-        (GRID, "feature cells"),
-    ]
-    lines = len(items) + len(extra)
-    w = 8 + 6 * max(len(t) for t in [t for _, t in items] + extra) + 24
-    d.rectangle([4, 4, 4 + w, 8 + 14 * lines], fill=(255, 255, 255), outline=(0, 0, 0))
-    for k, (colour, text) in enumerate(items):
-        y = 8 + 14 * k
+    text_w = 34 + _CHAR_W * max(len(t) for t in [t for _, t in LEGEND] + extra)
+    width = max(canvas.width, min(max_size, text_w))
+    out = Image.new("RGB", (width, canvas.height + _band_height(extra)), (255, 255, 255))
+    out.paste(canvas, (0, 0))
+    d = ImageDraw.Draw(out)
+    top = canvas.height + 5
+    for k, (colour, text) in enumerate(LEGEND):
+        y = top + 14 * k
         d.rectangle([10, y + 2, 22, y + 10], fill=colour)
         d.text((28, y), text, fill=(0, 0, 0), font=font)
     for k, text in enumerate(extra):
-        d.text((10, 8 + 14 * (len(items) + k)), text, fill=(0, 0, 0), font=font)
+        d.text((10, top + 14 * (len(LEGEND) + k)), text, fill=(0, 0, 0), font=font)
+    return out

@@ -211,7 +211,7 @@ def pool_job(
 
     size = spec.output_size
     tensors = {"pooled": pooled.contiguous(), "rois": boxes.cpu().contiguous()}
-    if all(isinstance(i, int) for i in roi_set.ids):
+    if all(isinstance(i, int) and -(2**63) <= i < 2**63 for i in roi_set.ids):
         tensors["ids"] = torch.tensor(roi_set.ids, dtype=torch.int64)
     if feats.is_pyramid:
         tensors["levels"] = levels.cpu()

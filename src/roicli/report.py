@@ -9,6 +9,7 @@ cell index, takes cells `round(x1) .. round(x2)` inclusive, and splits them into
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 
 import torch
@@ -161,7 +162,8 @@ def _axis_row(g, j: int, scale: float) -> AxisGeometry:
 # ---- pool vs align: values against the exact integral --------------------------------------------
 
 COLUMN_DEFINITIONS = {
-    "exact": "precise_roi_pool (aligned=True): the exact mean of the bilinearly interpolated map over each exact bin",
+    "exact": "precise_roi_pool (aligned=True): the exact mean of the bilinearly interpolated map over each exact "
+    "bin, the edge cells' values reaching the image border",
     "quant_rel_err": "||mean over RoI Pool's integer windows - exact|| / ||exact|| (L2 over C x PH x PW): "
     "quantization alone, same (average) aggregation",
     "align_rel_err": "||RoI Align (avg) - exact|| / ||exact||: sampling alone",
@@ -188,7 +190,15 @@ def value_errors(levels, scales, rois, level_idx, output_size, sampling_ratio: i
     def run(op):
         return pool_levels(lambda f, r, s: op(f, r, output_size, s), levels, rois, level_idx, scales)
 
-    exact = run(lambda f, r, size, s: precise_roi_pool(f, r, size, s, aligned=True))
+    # The exact reference reads the map as its cells: each edge cell's value reaches the image border
+    # (one replicated pixel around the map, boxes shifted by one cell), so a constant map pools to
+    # that constant for any box inside the image.
+    padded = [torch.nn.functional.pad(f, (1, 1, 1, 1), mode="replicate") for f in levels]
+    shift = torch.zeros_like(rois)
+    shift[:, 1:] = 1 / torch.tensor(scales, dtype=rois.dtype, device=rois.device)[level_idx][:, None]
+    exact = pool_levels(
+        lambda f, r, s: precise_roi_pool(f, r, output_size, s, aligned=True), padded, rois + shift, level_idx, scales
+    )
     windows = run(window_avg_pool)
     align_avg = run(lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned))
     pool_max = run(roi_pool)
@@ -225,7 +235,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         v = torch.tensor([r[col] for r in rows], dtype=torch.float64)
         if v.numel() == 0:
             continue
-        out.append({"figure": col, "mean": float(v.mean()), "median": float(v.median()), "max": float(v.max())})
+        out.append(
+            {"figure": col, "mean": float(v.mean()), "median": statistics.median(v.tolist()), "max": float(v.max())}
+        )
     return out
 
 

@@ -15,7 +15,7 @@ from roicli.errors import RoicliError, UsageError
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1, hint: str | None = None) -> typer.Exit:

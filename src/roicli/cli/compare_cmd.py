@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import torch
@@ -10,7 +9,7 @@ import typer
 
 from roicli.cli import pooling as opt
 from roicli.cli._common import handle_errors, parse_output_size, stderr
-from roicli.cli.render import FORMATS, format_for_path, render_text
+from roicli.cli.render import FORMATS, format_for_path, render_text, to_json
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
 from roicli.ops import fpn_levels
@@ -93,7 +92,7 @@ def compare(
     if fmt not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if output:
-        check_output(output, [features, rois], binary=False)
+        check_output(output, [features, rois, backbone], binary=False)
     spec = PoolSpec(
         output_size=size,
         spatial_scale=spatial_scale,
@@ -136,18 +135,14 @@ def compare(
     elif fmt == "table":
         text = _table(rows, header)
     elif fmt == "json":
-        text = (
-            json.dumps(
-                {
-                    **json.loads(render_text(rows, "json", header=header)),
-                    "definitions": COLUMN_DEFINITIONS,
-                    "summary": summarize(rows),
-                    "by_box_size": by_size(rows),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        doc = {
+            **header,
+            "rows": rows,
+            "definitions": COLUMN_DEFINITIONS,
+            "summary": summarize(rows),
+            "by_box_size": by_size(rows),
+        }
+        text = to_json(doc) + "\n"
     else:
         text = render_text(rows, fmt, header=header)
     if output:

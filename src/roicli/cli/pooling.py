@@ -166,9 +166,12 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
     """The recipe every pooling command follows."""
     if json_out and output == "-":
         raise UsageError("--json prints the summary on stdout, which -o - already uses for data")
-    check_output(output, [features, rois])
+    if report == "-" and (output == "-" or json_out):
+        raise UsageError("--report -: stdout already carries " + ("the data (-o -)" if output == "-" else "--json"))
+    inputs = [features, rois, spec.backbone if spec.backbone != "builtin" else ""]
+    check_output(output, inputs)
     if report:
-        check_output(report, [features, rois, output], binary=False)
+        check_output(report, [*inputs, output], binary=False)
     console = stderr()
     with Progress(disable=not show_progress(quiet or json_out), transient=True, console=console) as bar:
         task = bar.add_task(f"roicli {spec.op}", total=None)

@@ -22,9 +22,18 @@ def _cell(v) -> str:
 
 
 def _clean(v):
+    """JSON has no NaN/inf: they become null, in nested lists and dicts too."""
     if isinstance(v, float) and not math.isfinite(v):
-        return None  # JSON has no NaN/inf
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
     return v
+
+
+def to_json(obj, indent: int | None = 2) -> str:
+    return json.dumps(_clean(obj), indent=indent, allow_nan=False)
 
 
 def render_text(rows: list[dict], fmt: str, title: str | None = None, header: dict | None = None) -> str:
@@ -34,10 +43,9 @@ def render_text(rows: list[dict], fmt: str, title: str | None = None, header: di
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     header = header or {}
     if fmt == "json":
-        return json.dumps({**header, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]},
-                          indent=2) + "\n"
+        return to_json({**header, "rows": rows}) + "\n"
     if fmt == "jsonl":
-        return "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in rows)
+        return "".join(to_json(r, None) + "\n" for r in rows)
     if fmt == "csv":
         buf = io.StringIO()
         for k, v in header.items():

@@ -58,7 +58,7 @@ def show(
     size = parse_output_size(output_size)
     if not 64 <= max_size <= 4096:
         raise UsageError(f"--max-size: expected 64..4096, got {max_size}")
-    check_output(output, [features, rois])
+    check_output(output, [features, rois, backbone])
     spec = PoolSpec(
         output_size=size,
         spatial_scale=spatial_scale,
@@ -92,9 +92,9 @@ def show(
         background = (read_image(features)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         background_scale = 1.0
     else:
-        values = fmap[batch, channel] if channel is not None else fmap[batch].float().mean(dim=0)
         if channel is not None and not 0 <= channel < fmap.shape[1]:
             raise UsageError(f"--channel: expected 0..{fmap.shape[1] - 1}, got {channel}")
+        values = fmap[batch, channel] if channel is not None else fmap[batch].float().mean(dim=0)
         background = heatmap(values.float().numpy())
         background_scale = scale
     picture, _ = draw(

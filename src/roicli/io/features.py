@@ -145,7 +145,7 @@ def _scales_from_metadata(meta: dict, keys: list[str], source: str) -> tuple[lis
             if name in meta:
                 s, origin = _scale_value(meta[name], name, source), "metadata"
                 break
-        if s is None and len(keys) > 1 and _LEVEL_KEY.match(k):
+        if s is None and _LEVEL_KEY.match(k):  # FPN's names: level pk has stride 2**k
             s, origin = 2.0 ** -int(_LEVEL_KEY.match(k).group(1)), "pyramid key"
         scales.append(1.0 if s is None else s)
         origins.add(origin)
@@ -185,10 +185,10 @@ def features_from_image(
     if backbone == "builtin":
         net, origin = FilterBankBackbone().to(device), "builtin backbone"
     else:
+        if not Path(backbone).is_file():
+            raise InputError(f"{backbone}: no such file (--backbone)")
         try:
             net = torch.jit.load(backbone, map_location=device)
-        except FileNotFoundError:
-            raise InputError(f"{backbone}: no such file (--backbone)") from None
         except Exception as e:
             raise InputError(f"{backbone}: not a TorchScript module (--backbone): {e}") from None
         origin = "option"

@@ -90,14 +90,16 @@ def _sniff(text: str, source: str) -> str:
     if source.lower().endswith(".csv"):
         return "csv"
     if stripped[0] in "[{":
-        first_line = stripped.splitlines()[0].strip()
         lines = [ln for ln in stripped.splitlines() if ln.strip()]
-        if len(lines) > 1 and first_line.startswith("{") and first_line.endswith("}"):
+        if len(lines) > 1:
             try:
-                json.loads(first_line)
-                return "jsonl"
+                json.loads(stripped)
             except json.JSONDecodeError:
-                pass
+                try:  # not one JSON document, but its first line is one: JSON Lines
+                    json.loads(lines[0])
+                    return "jsonl"
+                except json.JSONDecodeError:
+                    pass
         return "json"
     return "csv"
 
@@ -139,7 +141,7 @@ def _record(item, where: str, row: int) -> tuple:
     if isinstance(item, list):
         if len(item) not in (4, 5):
             raise InputError(f"{where}: expected 4 or 5 numbers, got {len(item)}")
-        nums = [_number(v, where, f"field {j}") for j, v in enumerate(item)]
+        nums = [_number(v, where, f"value {j + 1}") for j, v in enumerate(item)]
         batch = nums[0] if len(nums) == 5 else 0.0
         return (where, nums[-4:], batch, row, None, None)
     if isinstance(item, dict):
@@ -161,14 +163,19 @@ def _record(item, where: str, row: int) -> tuple:
 
 def _number(v, where: str, name: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise InputError(f"{where}: field {name!r} is not a number: {v!r}")
+        raise InputError(f"{where}: {_field(name)} is not a number: {v!r}")
     try:
         x = float(v)
     except ValueError:
-        raise InputError(f"{where}: field {name!r} is not a number: {v!r}") from None
+        raise InputError(f"{where}: {_field(name)} is not a number: {v!r}") from None
     if not math.isfinite(x):
-        raise InputError(f"{where}: field {name!r} is {v!r}; coordinates must be finite")
+        raise InputError(f"{where}: {_field(name)} is {v!r}; coordinates must be finite")
     return x
+
+
+def _field(name: str) -> str:
+    """'value 3' (a position, counted from 1) or "field 'x1'" (a named field)."""
+    return name if name.startswith("value ") else f"field {name!r}"
 
 
 def _read_csv(text: str, source: str) -> tuple[list[tuple], str | None]:
@@ -204,7 +211,7 @@ def _read_csv(text: str, source: str) -> tuple[list[tuple], str | None]:
             where = f"{source}: row {row_no} (line {line})"
             if len(r) not in (4, 5):
                 raise InputError(f"{where}: expected 4 or 5 fields, got {len(r)}")
-            nums = [_number(c.strip(), where, f"field {j + 1}") for j, c in enumerate(r)]
+            nums = [_number(c.strip(), where, f"value {j + 1}") for j, c in enumerate(r)]
             batch = nums[0] if len(nums) == 5 else 0.0
             records.append((where, nums[-4:], batch, row_no - 1, None, None))
     return records, implied

@@ -148,12 +148,11 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     cols = xs[:, :, None] + t  # [k, PW, BW]
     col_ok = t < widths[:, :, None]  # [k, PW, BW]
     idx = (batch[:, None, None, None] * h + rows[:, :, None, None]) * w + cols[:, None]  # [k, R, PW, BW]
-    ok = row_ok[:, :, None, None] & col_ok[:, None]
-    idx = torch.where(ok, idx, sentinel)
-    row_max, col_arg = _running_max(
-        lambda i: table.index_select(0, idx[..., i].reshape(-1)).view(k, r_max, pw, c), bw, with_arg
-    )  # [k, R, PW, C]: max and first maximal column of each window, per row
-    # 2) max over each bin's rows of those row maxima.
+    idx = torch.where(row_ok[:, :, None, None] & col_ok[:, None], idx, sentinel)
+    row_max, _ = _running_max(
+        lambda i: table.index_select(0, idx[..., i].reshape(-1)).view(k, r_max, pw, c), bw, False
+    )  # [k, R, PW, C]
+    # 2) max over each bin's rows of those row maxima (and the first row reaching it).
     u = torch.arange(bh, device=dev)
     rel = (ys - top[:, None])[:, :, None] + u  # [k, PH, BH]
     rel = torch.where(u < heights[:, :, None], rel, r_max)  # r_max: a padding row of -inf
@@ -161,17 +160,24 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     kk = torch.arange(k, device=dev)[:, None]
     best, row_arg = _running_max(lambda i: padded[kk, rel[:, :, i]], bh, with_arg)  # [k, PH, PW, C]
     empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # [k, PH, PW]
-    best = best.masked_fill(empty[..., None], 0.0).permute(0, 3, 1, 2)
+    best = best.masked_fill(empty[..., None], 0.0)
     if not with_arg:
-        return best, None
-    # Where the maximum sits in the input.
-    r_sel = torch.gather(rel, 2, row_arg.flatten(2)).view(k, ph, pw, c)  # relative row
-    c_sel = torch.gather(col_arg, 1, r_sel.clamp_max(r_max - 1)) + xs[:, None, :, None]  # column
+        return best.permute(0, 3, 1, 2), None
+    # 3) The argmax: in the first maximal row, the first column whose value is the maximum. Only
+    # (BH + BW) small steps, instead of tracking indices through step 1.
+    row = top[:, None, None, None] + torch.gather(rel, 2, row_arg.flatten(2)).view(k, ph, pw, c)  # [k, PH, PW, C]
+    pixel_row = (batch[:, None, None, None] * h + row.clamp_max(h - 1)) * w
     chan = torch.arange(c, device=dev)
-    flat = ((batch[:, None, None, None] * c + chan) * h + top[:, None, None, None] + r_sel) * w + c_sel
-    empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # [k, PH, PW]
-    flat = flat.masked_fill(empty[..., None], -1)
-    return best, flat.permute(0, 3, 1, 2)
+    flat_table = table.view(-1)
+    col = torch.full_like(row, -1)
+    for i in range(bw):
+        x = xs[:, None, :, None] + i  # [k, 1, PW, 1]
+        v = flat_table[(pixel_row + x.clamp_max(w - 1)) * c + chan]  # [k, PH, PW, C]
+        hit = (col < 0) & (i < widths[:, None, :, None]) & (v == best)
+        col = torch.where(hit, x, col)
+    flat = ((batch[:, None, None, None] * c + chan) * h + row) * w + col
+    flat = flat.masked_fill(empty[..., None] | (col < 0), -1)
+    return best.permute(0, 3, 1, 2), flat.permute(0, 3, 1, 2)
 
 
 def _running_max(take, n: int, with_arg: bool) -> tuple[Tensor, Tensor | None]:

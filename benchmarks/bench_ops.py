@@ -474,7 +474,7 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
         return
     console = Console(width=max(Console().width, 132))  # no wrapping when piped
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     table = Table(show_lines=False)
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i < 2 else "right")
@@ -482,7 +482,7 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
         table.add_row(*row)
     console.print(table)
     for line in notes:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     for line in errors:
         console.print(f"[red]error[/red] {line}", highlight=False)
 

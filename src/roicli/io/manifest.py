@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roicli.errors import InputError, UsageError
+from roicli.io.rois import json_lines
 
 _OVERRIDES = ("spatial_scale", "stride")
 
@@ -36,17 +37,10 @@ def read_manifest(text: str, source: str, base: Path) -> list[Item]:
     if not stripped:
         raise InputError(f"{source}: the manifest is empty")
     if stripped.startswith("{"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{source}: invalid JSON at line {lineno}, column {e.colno}: {e.msg}") from None
+        rows = json_lines(text, source)
+        for where, obj in rows:
             if not isinstance(obj, dict):
-                raise InputError(f"{source}: line {lineno}: expected a JSON object")
-            rows.append((f"{source}: line {lineno}", obj))
+                raise InputError(f"{where}: expected a JSON object")
     else:
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "features" not in [f.strip() for f in reader.fieldnames]:

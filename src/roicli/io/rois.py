@@ -124,17 +124,21 @@ def _read_json(text: str, source: str) -> list[tuple]:
     return [_record(item, f"{source}: roi {i}", i) for i, item in enumerate(data)]
 
 
-def _read_jsonl(text: str, source: str) -> list[tuple]:
-    records = []
+def json_lines(text: str, source: str) -> list[tuple[str, object]]:
+    """Parse JSON Lines: (`"SOURCE: line N"`, value) per non-blank line; errors name line and column."""
+    out = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
+            out.append((f"{source}: line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"{source}: invalid JSON at line {lineno}, column {e.colno}: {e.msg}") from None
-        records.append(_record(item, f"{source}: line {lineno}", len(records)))
-    return records
+    return out
+
+
+def _read_jsonl(text: str, source: str) -> list[tuple]:
+    return [_record(item, where, row) for row, (where, item) in enumerate(json_lines(text, source))]
 
 
 def _record(item, where: str, row: int) -> tuple:

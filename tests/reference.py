@@ -338,10 +338,13 @@ def precise_roi_pool_ref(
 # Multi-scale RoI Align (FPN level assignment)
 # ---------------------------------------------------------------------------------------------
 def fpn_level_argument(box: Box, canonical_size: float, canonical_level: float) -> float:
-    """The number FPN floors: k0 + log2(sqrt(area) / canonical_size + 1e-6)."""
+    """The number FPN floors: k0 + log2(sqrt(area) / canonical_size) + 1e-6 (torchvision's LevelMapper
+    adds its epsilon after the log)."""
     _, x1, y1, x2, y2 = box
     area = (x2 - x1) * (y2 - y1)
-    return canonical_level + math.log2(math.sqrt(area) / canonical_size + 1e-6)
+    if area == 0:  # log2(0) = -inf: the finest level after clamping
+        return -1e9
+    return canonical_level + math.log2(math.sqrt(area) / canonical_size) + 1e-6
 
 
 def fpn_levels_ref(

@@ -836,3 +836,14 @@ def test_multiscale_matches_reference(fp, output_size, sampling_ratio, aligned):
         )
         keep[k] = ~ambiguous[0][None].expand_as(want[k])
     assert_close(got[keep], want[keep])
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool", "precise_roi_pool"])
+def test_outputs_are_contiguous_like_torchvision(op):
+    """Drop-in users call `.view(K, -1)` on the result, as torchvision's contiguous output allows."""
+    import roicli.ops as ops
+
+    x = torch.rand(2, 3, 9, 11, dtype=torch.float32)
+    boxes = torch.tensor([[0, 1.0, 1.5, 7.0, 6.0], [1, 0.5, 0.0, 9.0, 8.0]])
+    out = getattr(ops, op)(x, boxes, (2, 3), 1.0)
+    assert out.is_contiguous() and out.view(2, -1).shape == (2, 18)

@@ -55,7 +55,7 @@ def precise_roi_pool(
     table = nhwc_table(input, compute_dtype(input.dtype))
     base = rois[:, 0].long() * (h * w)
     out = separable_pool(table, w, base, ry, wy, rx, wx, compact=True)  # [K, PH, PW, C]
-    return out.permute(0, 3, 1, 2).to(input.dtype)
+    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW]
 
 
 def _tent_integral(a: Tensor, b: Tensor, i: Tensor) -> Tensor:

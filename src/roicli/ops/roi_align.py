@@ -74,8 +74,7 @@ def roi_align(
         )  # [K, PH, PW, C]
     else:
         out = _max_of_samples(table, w, base, ry, wy, gy, rx, wx, gx)
-    # A channels-last view of [K, PH, PW, C]: same values as a contiguous tensor, no extra copy.
-    return out.permute(0, 3, 1, 2).to(input.dtype)
+    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW], like torchvision
 
 
 def sample_points(

@@ -214,7 +214,7 @@ def window_avg_pool(
     rx, wx = _window_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, w)
     table = nhwc_table(input, compute_dtype(input.dtype))
     out = separable_pool(table, w, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
-    return out.permute(0, 3, 1, 2).to(input.dtype)
+    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW]
 
 
 def _window_taps(start, end, spatial_scale, pooled, size) -> tuple[Tensor, Tensor]:

@@ -77,11 +77,13 @@ class _RoIPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (argmax,) = ctx.saved_tensors
-        grad_input = grad.new_zeros(ctx.input_shape).view(-1)
-        hit = argmax >= 0
-        grad_input.index_add_(0, argmax[hit], grad.contiguous()[hit])
-        return grad_input.view(ctx.input_shape), None, None, None, None
+        (argmax,) = ctx.saved_tensors  # [K, PH, PW, C], flat NHWC indices
+        n, c, h, w = ctx.input_shape
+        size = n * h * w * c
+        grad_hwc = grad.new_zeros(size + 1)  # the last slot takes the empty bins' (index -1) gradient
+        grad_hwc.index_add_(0, argmax.flatten().remainder(size + 1), grad.permute(0, 2, 3, 1).flatten())
+        grad_input = grad_hwc[:size].view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return grad_input, None, None, None, None
 
 
 def _pool_forward(
@@ -89,15 +91,15 @@ def _pool_forward(
 ):
     """Max over each integer bin, separably: over the columns of every row, then over rows.
 
-    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax as a flat index into the NCHW input
-    (-1 for empty bins; None unless `with_arg`).
+    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, PH, PW, C]` as flat indices
+    into the input in NHWC order (-1 for empty bins; None unless `with_arg`).
     """
     n, c, h, w = input.shape
     k = rois.shape[0]
     out = input.new_zeros((k, c, ph, pw))
     argmax = None
     if with_arg:
-        argmax = torch.full((k, c, ph, pw), -1, dtype=torch.long, device=input.device)
+        argmax = torch.full((k, ph, pw, c), -1, dtype=torch.long, device=input.device)
     if k == 0:
         return out, argmax
     y0, ys, ye = pool_windows(rois[:, 2], rois[:, 4], spatial_scale, ph, h)  # [K], [K, PH] x2
@@ -158,26 +160,30 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     rel = torch.where(u < heights[:, :, None], rel, r_max)  # r_max: a padding row of -inf
     padded = torch.cat([row_max, row_max.new_full((k, 1, pw, c), float("-inf"))], dim=1)
     kk = torch.arange(k, device=dev)[:, None]
-    best, row_arg = _running_max(lambda i: padded[kk, rel[:, :, i]], bh, with_arg)  # [k, PH, PW, C]
+    best, _ = _running_max(lambda i: padded[kk, rel[:, :, i]], bh, False)  # [k, PH, PW, C]
     empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # [k, PH, PW]
-    best = best.masked_fill(empty[..., None], 0.0)
     if not with_arg:
-        return best.permute(0, 3, 1, 2), None
-    # 3) The argmax: in the first maximal row, the first column whose value is the maximum. Only
-    # (BH + BW) small steps, instead of tracking indices through step 1.
+        return best.masked_fill(empty[..., None], 0.0).permute(0, 3, 1, 2), None
+    # The first row reaching the maximum: one gather of the bins' row maxima, the smallest row index.
+    rows_max = padded[kk[:, :, None], rel]  # [k, PH, BH, PW, C]
+    u_hit = torch.where(rows_max == best[:, :, None], u[:, None, None].to(best.dtype), float("inf"))
+    row_arg = u_hit.amin(dim=2).clamp_max(bh - 1).long()  # [k, PH, PW, C]
+    best = best.masked_fill(empty[..., None], 0.0)
+    # 3) The argmax: in the first maximal row, the first column whose value is the maximum (one
+    # gather of that row's window), as a flat index into the NHWC map (c innermost: a cache-friendly
+    # scatter in the backward).
     row = top[:, None, None, None] + torch.gather(rel, 2, row_arg.flatten(2)).view(k, ph, pw, c)  # [k, PH, PW, C]
-    pixel_row = (batch[:, None, None, None] * h + row.clamp_max(h - 1)) * w
     chan = torch.arange(c, device=dev)
-    flat_table = table.view(-1)
-    col = torch.full_like(row, -1)
-    for i in range(bw):
-        x = xs[:, None, :, None] + i  # [k, 1, PW, 1]
-        v = flat_table[(pixel_row + x.clamp_max(w - 1)) * c + chan]  # [k, PH, PW, C]
-        hit = (col < 0) & (i < widths[:, None, :, None]) & (v == best)
-        col = torch.where(hit, x, col)
-    flat = ((batch[:, None, None, None] * c + chan) * h + row) * w + col
-    flat = flat.masked_fill(empty[..., None] | (col < 0), -1)
-    return best.permute(0, 3, 1, 2), flat.permute(0, 3, 1, 2)
+    first = ((batch[:, None, None, None] * h + row.clamp_max(h - 1)) * w + xs[:, None, :, None]) * c + chan
+    t = torch.arange(bw, device=dev)
+    window = first[..., None, :] + (t * c)[:, None]  # [k, PH, PW, BW, C]
+    inside = (t < widths[:, None, :, None])[..., None]  # [k, 1, PW, BW, 1]
+    vals = table.view(-1)[window.clamp_max(table.numel() - 1)]
+    hit = (vals == best[..., None, :]) & inside
+    col = torch.where(hit, t[:, None].to(vals.dtype), float("inf")).amin(dim=3)  # the first hit; inf: none (NaN)
+    flat = first + col.clamp_max(bw - 1).long() * c
+    flat = flat.masked_fill(empty[..., None] | col.isinf(), -1)
+    return best.permute(0, 3, 1, 2), flat
 
 
 def _running_max(take, n: int, with_arg: bool) -> tuple[Tensor, Tensor | None]:

@@ -1,4 +1,4 @@
-"""What the commands share: error handling, consoles, option parsing, loading the inputs."""
+"""What the commands share: error handling, the stderr console, option parsing."""
 
 from __future__ import annotations
 

@@ -277,4 +277,4 @@ def _pool_in_chunks(spec: PoolSpec, feats: Features, boxes, levels, progress) ->
             chunks.append(res.cpu())
             if progress:
                 progress(min(s + spec.chunk_size, k), k)
-    return torch.cat(chunks)
+    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]

@@ -66,6 +66,9 @@ def batch(
         typer.Option("--resume/--overwrite", help="Skip items whose complete output exists (default), or redo all."),
     ] = True,
     on_error: Annotated[str, typer.Option(help="skip (record in errors.jsonl, go on) or stop.")] = "skip",
+    fsync: Annotated[
+        bool, typer.Option("--fsync", help="fsync every output before its rename (durable against power cuts; slower).")
+    ] = False,
     engine: Annotated[str, typer.Option(help="local, or ray (pip install 'roicli[ray]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
     json_out: opt.Json = False,
@@ -107,7 +110,8 @@ def batch(
         canonical_level=canonical_level,
     )
     cfg = BatchConfig(
-        spec, out, shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine, address=address
+        spec, out, shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine,
+        address=address, fsync=fsync,
     )
     t0 = time.perf_counter()
     columns = [

@@ -29,8 +29,11 @@ def check_output(path: str, inputs: list[str], binary: bool = True) -> None:
         raise OutputError(f"{path}: not writable")
 
 
-def write_output(path: str, data: bytes) -> None:
-    """Write `data` to `path` atomically, or to stdout for `-`. Nothing partial is ever left."""
+def write_output(path: str, data: bytes, fsync: bool = True) -> None:
+    """Write `data` to `path` atomically, or to stdout for `-`. Nothing partial is ever left.
+
+    The rename alone makes the write atomic for readers and against a killed process; `fsync` also
+    makes it durable against a power cut before the rename (batch jobs turn it off for speed)."""
     if path == "-":
         out = sys.stdout.buffer
         out.write(data)
@@ -42,7 +45,8 @@ def write_output(path: str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException as e:  # includes KeyboardInterrupt: remove the temp file, keep the old output
         Path(tmp).unlink(missing_ok=True)

@@ -23,11 +23,12 @@ _DTYPES = {
 }
 
 
-def _raw(t: torch.Tensor) -> bytes:
+def _raw(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes, without a copy when it is already a contiguous CPU tensor."""
     t = t.detach().to("cpu").contiguous()
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.view(torch.int16)
-    return t.numpy().tobytes()
+    return memoryview(t.numpy().reshape(-1)).cast("B")
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -38,9 +39,13 @@ def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
     for name in sorted(tensors):
         t = tensors[name]
         data = _raw(t)
-        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + data.nbytes],
+        }
         blobs.append(data)
-        offset += len(data)
+        offset += data.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+    return b"".join([struct.pack("<Q", len(text)), text, *blobs])  # one copy of the data

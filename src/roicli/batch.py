@@ -268,8 +268,7 @@ def run_batch(items: list[Item], cfg: BatchConfig, progress: Callable[[dict], No
             if error is not None and cfg.on_error == "stop":
                 stopped = True
                 break
-    if hasattr(results, "close"):
-        results.close()  # stops the workers when the loop ended early
+    results.close()  # stops the workers when the loop ended early
     if writer:
         writer.finish()
     return {

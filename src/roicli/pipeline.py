@@ -172,13 +172,27 @@ class PoolResult:
 
     def geometry_rows(self, spec: PoolSpec) -> list[dict]:
         """RoI Pool's per-RoI quantization geometry (the `--report`)."""
-        feats, roi_set = self.inputs.features, self.inputs.rois
-        lv = self.levels.cpu()
-        scales = torch.tensor(feats.scales, dtype=torch.float64)[lv]
-        sizes = torch.tensor([list(feats.levels[int(i)].shape[-2:]) for i in lv], dtype=torch.long).reshape(-1, 2)
-        dt = compute_dtype(feats.levels[0].dtype)
-        geometry = pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, spec.output_size, sizes, dt)
-        return [g.flat() for g in geometry]
+        return [g.flat() for g in roi_geometry(self.inputs, self.levels, spec.output_size)]
+
+
+def rois_and_levels(inputs: Inputs, spec: PoolSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RoIs as the ops take them (`Tensor[K, 5]` in the compute dtype, on the device) and each
+    RoI's pyramid level (`Tensor[K]`, FPN eq. 1; all 0 for a single map)."""
+    feats = inputs.features
+    boxes = inputs.rois.as_tensor(compute_dtype(feats.levels[0].dtype)).to(inputs.device)
+    if feats.is_pyramid:
+        return boxes, fpn_levels(boxes, feats.scales, spec.canonical_size, spec.canonical_level)
+    return boxes, torch.zeros(boxes.shape[0], dtype=torch.long, device=inputs.device)
+
+
+def roi_geometry(inputs: Inputs, levels: torch.Tensor, output_size: tuple[int, int]) -> list:
+    """RoI Pool's quantization geometry of every RoI, on the map (level) it is pooled from."""
+    feats, roi_set = inputs.features, inputs.rois
+    lv = levels.cpu()
+    scales = torch.tensor(feats.scales, dtype=torch.float64)[lv]  # [K]
+    sizes = torch.tensor([list(feats.levels[int(i)].shape[-2:]) for i in lv], dtype=torch.long).reshape(-1, 2)
+    dt = compute_dtype(feats.levels[0].dtype)
+    return pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, output_size, sizes, dt)
 
 
 def pool_job(
@@ -200,12 +214,7 @@ def pool_job(
     if bad and strict:
         names = ", ".join(repr(roi_set.ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise InputError(f"{roi_set.source}: {len(bad)} zero-size or inverted box(es) (ids {names})")
-    dt = compute_dtype(feats.levels[0].dtype)
-    boxes = roi_set.as_tensor(dt).to(inputs.device)  # [K, 5]
-    if feats.is_pyramid:
-        levels = fpn_levels(boxes, feats.scales, spec.canonical_size, spec.canonical_level)
-    else:
-        levels = torch.zeros(len(roi_set), dtype=torch.long, device=inputs.device)
+    boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
     pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
     seconds = time.perf_counter() - t0
 

@@ -12,15 +12,12 @@ from roicli.cli._common import handle_errors, parse_output_size, stderr
 from roicli.cli.render import FORMATS, format_for_path, render_text, to_json
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
-from roicli.ops import fpn_levels
-from roicli.ops._validate import compute_dtype
-from roicli.pipeline import PoolSpec, load_inputs
+from roicli.pipeline import PoolSpec, load_inputs, roi_geometry, rois_and_levels
 from roicli.report import (
     COLUMN_DEFINITIONS,
     by_size,
     compare_rows,
     explain,
-    pool_geometry,
     summarize,
     value_errors,
 )
@@ -103,19 +100,14 @@ def compare(
         rois_format=rois_format,
         device=device,
         dtype=dtype,
+        canonical_size=canonical_size,
+        canonical_level=canonical_level,
     )
     inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
-    dt = compute_dtype(feats.levels[0].dtype)
-    boxes = roi_set.as_tensor(dt).to(inputs.device)  # [K, 5]
-    if feats.is_pyramid:
-        levels = fpn_levels(boxes, feats.scales, canonical_size, canonical_level)
-    else:
-        levels = torch.zeros(len(roi_set), dtype=torch.long, device=inputs.device)
+    boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
     lv = levels.cpu()
-    scales = torch.tensor(feats.scales, dtype=torch.float64)[lv]  # [K]
-    sizes = torch.tensor([list(feats.levels[int(i)].shape[-2:]) for i in lv], dtype=torch.long).reshape(-1, 2)
-    geometry = pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, size, sizes, dt)
+    geometry = roi_geometry(inputs, levels, size)
     with torch.no_grad():
         errors = value_errors(feats.levels, feats.scales, boxes, levels, size, sampling_ratio, aligned)
     errors = {k: v.cpu() for k, v in errors.items()}

@@ -70,8 +70,6 @@ def as_rois(boxes: BoxesLike, input: Tensor) -> Tensor:
         raise ValidationError(
             f"boxes: expected Tensor[K, 5] or list[Tensor[L, 4]], got {type(boxes).__name__}"
         )
-    if rois.is_floating_point() is False:  # pragma: no cover - .to(dtype) makes it floating
-        rois = rois.to(dtype)
     _check_values(rois, input.shape[0])
     return rois
 

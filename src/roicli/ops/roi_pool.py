@@ -151,8 +151,8 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     col_ok = t < widths[:, :, None]  # [k, PW, BW]
     idx = (batch[:, None, None, None] * h + rows[:, :, None, None]) * w + cols[:, None]  # [k, R, PW, BW]
     idx = torch.where(row_ok[:, :, None, None] & col_ok[:, None], idx, sentinel)
-    row_max, _ = _running_max(
-        lambda i: table.index_select(0, idx[..., i].reshape(-1)).view(k, r_max, pw, c), bw, False
+    row_max = _running_max(
+        lambda i: table.index_select(0, idx[..., i].reshape(-1)).view(k, r_max, pw, c), bw
     )  # [k, R, PW, C]
     # 2) max over each bin's rows of those row maxima (and the first row reaching it).
     u = torch.arange(bh, device=dev)
@@ -160,7 +160,7 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     rel = torch.where(u < heights[:, :, None], rel, r_max)  # r_max: a padding row of -inf
     padded = torch.cat([row_max, row_max.new_full((k, 1, pw, c), float("-inf"))], dim=1)
     kk = torch.arange(k, device=dev)[:, None]
-    best, _ = _running_max(lambda i: padded[kk, rel[:, :, i]], bh, False)  # [k, PH, PW, C]
+    best = _running_max(lambda i: padded[kk, rel[:, :, i]], bh)  # [k, PH, PW, C]
     empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # [k, PH, PW]
     if not with_arg:
         return best.masked_fill(empty[..., None], 0.0).permute(0, 3, 1, 2), None
@@ -186,16 +186,12 @@ def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h,
     return best.permute(0, 3, 1, 2), flat
 
 
-def _running_max(take, n: int, with_arg: bool) -> tuple[Tensor, Tensor | None]:
-    """Max of `take(0) .. take(n-1)` elementwise, and the first i reaching it (when asked)."""
+def _running_max(take, n: int) -> Tensor:
+    """Max of `take(0) .. take(n-1)` elementwise (one gathered slice in memory at a time)."""
     best = take(0)
-    arg = torch.zeros(best.shape, dtype=torch.long, device=best.device) if with_arg else None
     for i in range(1, n):
-        v = take(i)
-        if with_arg:
-            arg = torch.where(v > best, i, arg)  # strictly greater: ties keep the first
-        best = torch.maximum(best, v)
-    return best, arg
+        best = torch.maximum(best, take(i))
+    return best
 
 
 def window_avg_pool(

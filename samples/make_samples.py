@@ -5,6 +5,7 @@
 - scene.png: a 256x320 picture of simple shapes (runs through the built-in backbone).
 - rois.json / rois.csv: boxes for feats.safetensors (image pixels, xyxy), with ids and scores.
 - pyramid_rois.json: boxes of all sizes for pyramid.safetensors and scene.png.
+- manifest.csv: a `roicli batch` manifest with two good items and a bad one.
 - vgg16_800.safetensors + rois_665.json: the classic worked example, an 800x800 image through a
   stride-32 VGG16-like map (25x25) and one 665x665 RoI.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from safetensors.torch import save_file
+
+from roicli.io.safetensors_io import dumps
 
 HERE = Path(__file__).parent
 
@@ -27,6 +29,11 @@ def smooth_map(gen: torch.Generator, c: int, h: int, w: int) -> torch.Tensor:
     x = torch.randn(1, c, h, w, generator=gen)
     x = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
     return (x * 3).relu().contiguous()
+
+
+def save_file(tensors: dict, path: Path, metadata: dict) -> None:
+    """Deterministic bytes, so regenerating leaves the committed files unchanged."""
+    path.write_bytes(dumps(tensors, metadata))
 
 
 def main() -> None:
@@ -52,6 +59,11 @@ def main() -> None:
     (HERE / "rois.csv").write_text("\n".join(lines) + "\n")
     pyr = [[10, 10, 40, 42], [60, 20, 160, 120], [20, 100, 250, 240], [0, 0, 320, 256], [200, 30, 230, 200]]
     (HERE / "pyramid_rois.json").write_text(json.dumps(pyr) + "\n")
+    # A batch manifest: two good items and one whose features file is missing (it lands in errors.jsonl).
+    (HERE / "manifest.csv").write_text(
+        "features,rois,output\nfeats.safetensors,rois.json,feats_json.safetensors\n"
+        "feats.safetensors,rois.csv,feats_csv.safetensors\nmissing.safetensors,rois.json,missing.safetensors\n"
+    )
     (HERE / "rois_665.json").write_text(json.dumps([{"id": "classic", "box": [0, 0, 665, 665]}]) + "\n")
 
     im = Image.new("RGB", (320, 256), (200, 220, 240))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from roicli.ops._gather import nhwc_table, separable_pool
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
-
-# Gathered elements per chunk of RoIs (bounds temporary memory whatever K is).
-_CHUNK_ELEMENTS = 1 << 21
 
 
 def roi_pool(
@@ -77,121 +76,187 @@ class _RoIPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (argmax,) = ctx.saved_tensors  # [K, PH, PW, C], flat NHWC indices
-        n, c, h, w = ctx.input_shape
-        size = n * h * w * c
-        grad_hwc = grad.new_zeros(size + 1)  # the last slot takes the empty bins' (index -1) gradient
-        grad_hwc.index_add_(0, argmax.flatten().remainder(size + 1), grad.permute(0, 2, 3, 1).flatten())
-        grad_input = grad_hwc[:size].view(n, h, w, c).permute(0, 3, 1, 2).contiguous()
-        return grad_input, None, None, None, None
+        (argmax,) = ctx.saved_tensors  # [C, K, PH*PW]: one channel plane at a time is cache-friendly
+        size = ctx.input_shape.numel()
+        grad_input = grad.new_zeros(size + 1)  # the last slot takes the gradient of bins with no argmax
+        grad_input.index_add_(0, argmax.flatten(), grad.transpose(0, 1).flatten())
+        return grad_input[:size].view(ctx.input_shape), None, None, None, None
 
 
-def _pool_forward(
-    input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True
-):
-    """Max over each integer bin, separably: over the columns of every row, then over rows.
+def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True):
+    """Max over each integer bin, and (with `with_arg`) its first row-major argmax.
 
-    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, PH, PW, C]` as flat indices
-    into the input in NHWC order (-1 for empty bins; None unless `with_arg`).
+    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[C, K, PH*PW]` as flat indices
+    into the input. Like torchvision's running max, which starts at -FLT_MAX and skips NaN, a bin
+    whose elements are all -inf or NaN gives -FLT_MAX; it, and an empty bin (0), has no argmax:
+    the index is one past the end (N*C*H*W).
     """
     n, c, h, w = input.shape
     k = rois.shape[0]
-    out = input.new_zeros((k, c, ph, pw))
-    argmax = None
-    if with_arg:
-        argmax = torch.full((k, ph, pw, c), -1, dtype=torch.long, device=input.device)
-    if k == 0:
-        return out, argmax
-    y0, ys, ye = pool_windows(rois[:, 2], rois[:, 4], spatial_scale, ph, h)  # [K], [K, PH] x2
+    dev = input.device
+    _, ys, ye = pool_windows(rois[:, 2], rois[:, 4], spatial_scale, ph, h)  # [K, PH] x2
     _, xs, xe = pool_windows(rois[:, 1], rois[:, 3], spatial_scale, pw, w)  # [K, PW] x2
-    batch = rois[:, 0].long()
-    # Rows any bin touches: ys[:, 0] .. ye[:, -1] (windows are monotone).
-    top = ys[:, 0]
-    n_rows = (ye[:, -1] - top).clamp_min(0)  # [K]
-    widths = (xe - xs).clamp_min(0)  # [K, PW]
-    heights = (ye - ys).clamp_min(0)  # [K, PH]
-    table = nhwc_table(input.detach(), compute_dtype(input.dtype))
-    sentinel = table.shape[0]  # index of an extra row of -inf for padding
-    table = torch.cat([table, table.new_full((1, c), float("-inf"))])
-    # Chunks of RoIs of similar size keep padding small and memory bounded.
-    cost = n_rows * widths.max(dim=1).values * pw * c  # [K]
-    order = torch.argsort(cost)
-    cost_sorted = cost[order].tolist()
-    s = 0
-    while s < k:
-        e, total = s, 0
-        while e < k and (e == s or total + cost_sorted[e] <= _CHUNK_ELEMENTS):
-            total += cost_sorted[e]
-            e += 1
-        sel = order[s:e]
-        o, a = _pool_chunk(
-            table, sentinel, batch[sel], top[sel], n_rows[sel], ys[sel], heights[sel],
-            xs[sel], widths[sel], h, w, c, argmax is not None,
-        )
-        out[sel] = o.to(input.dtype)
+    shape = (k, ph, pw)
+    y0, y1 = (t[:, :, None].expand(shape).flatten() for t in (ys, ye))  # [K*PH*PW] each
+    x0, x1 = (t[:, None, :].expand(shape).flatten() for t in (xs, xe))
+    full = ((y1 > y0) & (x1 > x0)).nonzero().squeeze(1)  # bins with at least one pixel
+    roi, binn = full // (ph * pw), full % (ph * pw)
+    b = rois[roi, 0].long()
+    out = torch.zeros((k, c, ph * pw), dtype=input.dtype, device=dev)
+    past_end = input.numel()
+    index_dtype = torch.int32 if past_end < 2**31 else torch.long
+    argmax = torch.full((c, k, ph * pw), past_end, dtype=index_dtype, device=dev) if with_arg else None
+    chan_offset = torch.arange(c, device=dev) * (h * w)
+    carry = (roi, binn, b * ((c - 1) * h * w))  # pixel (n, y, x) -> ((n * C + c) * H + y) * W + x
+    windows = _window_max(input.detach(), b, y0[full], y1[full], x0[full], x1[full], with_arg, carry)
+    for (r, p, offset), g, value, pixel in windows:
+        found = value > -_FLT_MAX  # False for -inf and NaN
+        out[r, g, p] = torch.where(found, value, -_FLT_MAX).to(out.dtype)
         if argmax is not None:
-            argmax[sel] = a
-        s = e
-    return out, argmax
+            flat = torch.where(found, pixel + offset[:, None] + chan_offset[g], past_end)
+            argmax[g, r, p] = flat.T.to(index_dtype)
+    return out.view(shape[:1] + (c,) + shape[1:]), argmax
 
 
-def _pool_chunk(table, sentinel, batch, top, n_rows, ys, heights, xs, widths, h, w, c, with_arg):
-    k, ph = ys.shape
-    pw = xs.shape[1]
-    dev = table.device
-    r_max = max(int(n_rows.max()), 1)
-    bw = max(int(widths.max()), 1)
-    bh = max(int(heights.max()), 1)
-    # 1) max over each bin's columns, for every row the RoI touches.
-    j = torch.arange(r_max, device=dev)
-    rows = top[:, None] + j[None, :]  # [k, R]
-    row_ok = j[None, :] < n_rows[:, None]  # [k, R]
-    t = torch.arange(bw, device=dev)
-    cols = xs[:, :, None] + t  # [k, PW, BW]
-    col_ok = t < widths[:, :, None]  # [k, PW, BW]
-    idx = (batch[:, None, None, None] * h + rows[:, :, None, None]) * w + cols[:, None]  # [k, R, PW, BW]
-    idx = torch.where(row_ok[:, :, None, None] & col_ok[:, None], idx, sentinel)
-    row_max = _running_max(
-        lambda i: table.index_select(0, idx[..., i].reshape(-1)).view(k, r_max, pw, c), bw
-    )  # [k, R, PW, C]
-    # 2) max over each bin's rows of those row maxima (and the first row reaching it).
-    u = torch.arange(bh, device=dev)
-    rel = (ys - top[:, None])[:, :, None] + u  # [k, PH, BH]
-    rel = torch.where(u < heights[:, :, None], rel, r_max)  # r_max: a padding row of -inf
-    padded = torch.cat([row_max, row_max.new_full((k, 1, pw, c), float("-inf"))], dim=1)
-    kk = torch.arange(k, device=dev)[:, None]
-    best = _running_max(lambda i: padded[kk, rel[:, :, i]], bh)  # [k, PH, PW, C]
-    empty = (heights == 0)[:, :, None] | (widths == 0)[:, None, :]  # [k, PH, PW]
-    if not with_arg:
-        return best.masked_fill(empty[..., None], 0.0).permute(0, 3, 1, 2), None
-    # The first row reaching the maximum: one gather of the bins' row maxima, the smallest row index.
-    rows_max = padded[kk[:, :, None], rel]  # [k, PH, BH, PW, C]
-    u_hit = torch.where(rows_max == best[:, :, None], u[:, None, None].to(best.dtype), float("inf"))
-    row_arg = u_hit.amin(dim=2).clamp_max(bh - 1).long()  # [k, PH, PW, C]
-    best = best.masked_fill(empty[..., None], 0.0)
-    # 3) The argmax: in the first maximal row, the first column whose value is the maximum (one
-    # gather of that row's window), as a flat index into the NHWC map (c innermost: a cache-friendly
-    # scatter in the backward).
-    row = top[:, None, None, None] + torch.gather(rel, 2, row_arg.flatten(2)).view(k, ph, pw, c)  # [k, PH, PW, C]
-    chan = torch.arange(c, device=dev)
-    first = ((batch[:, None, None, None] * h + row.clamp_max(h - 1)) * w + xs[:, None, :, None]) * c + chan
-    t = torch.arange(bw, device=dev)
-    window = first[..., None, :] + (t * c)[:, None]  # [k, PH, PW, BW, C]
-    inside = (t < widths[:, None, :, None])[..., None]  # [k, 1, PW, BW, 1]
-    vals = table.view(-1)[window.clamp_max(table.numel() - 1)]
-    hit = (vals == best[..., None, :]) & inside
-    col = torch.where(hit, t[:, None].to(vals.dtype), float("inf")).amin(dim=3)  # the first hit; inf: none (NaN)
-    flat = first + col.clamp_max(bw - 1).long() * c
-    flat = flat.masked_fill(empty[..., None] | col.isinf(), -1)
-    return best.permute(0, 3, 1, 2), flat
+_FLT_MAX = torch.finfo(torch.float32).max
+# Elements in one level table (one group of channels): bounds memory whatever C is.
+_TABLE_ELEMENTS = 1 << 21
 
 
-def _running_max(take, n: int) -> Tensor:
-    """Max of `take(0) .. take(n-1)` elementwise (one gathered slice in memory at a time)."""
-    best = take(0)
-    for i in range(1, n):
-        best = torch.maximum(best, take(i))
-    return best
+def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[Tensor, ...]):
+    """Per-channel max over windows `[y0, y1) x [x0, x1)` (non-empty) of images `b` (`Tensor[B]` each).
+
+    Yields `(carried, channels, value, pixel)` for one group of windows at a time: `carry`'s
+    tensors (`Tensor[B, ...]`) at those windows, the slice of `channels`, the max
+    `Tensor[windows, channels]` in the compute dtype (NaN counts as -inf) and, with `with_arg`, its
+    first pixel in row-major order as a flat N*H*W index (else None).
+
+    A sparse table: table (a, b) holds, at every pixel, the max of the 2^a x 2^b block starting
+    there. The tables form a chain (0, 0), (0, 1), (1, 1), (1, 2), ..., each made from the one
+    before by a single shifted elementwise max over the whole map (along x, then along y). A window
+    of h x w pixels with 2^i <= h < 2^(i+1) (and j for w) is the union of overlapping blocks of the
+    largest table that fits, so it costs 4 lookups when |i - j| <= 1 (and twice that per further
+    doubling of its aspect ratio) whatever its size. For the argmax the tables hold (value, pixel)
+    pairs ordered by value and, among equal values, by the smaller pixel. In float32 a pair is one
+    int64 key (the value's bits made order-preserving, above the complement of the pixel), so a
+    table is still a single `maximum`.
+    """
+    n, c, h, w = input.shape
+    size = n * h * w
+    dtype = compute_dtype(input.dtype)
+    kind = "values" if not with_arg else "keys" if dtype == torch.float32 and size < 2**31 else "pairs"
+    if y0.shape[0] == 0:
+        return
+    i = torch.frexp((y1 - y0).double()).exponent.long() - 1  # floor(log2(height))
+    j = torch.frexp((x1 - x0).double()).exponent.long() - 1
+    wide = j > i
+    a = torch.where(wide, i, j)  # the chain's table (a, b): the largest with a <= i, b <= j
+    link = a + torch.where(wide, i + 1, j)  # its place in the chain
+    exact_y, exact_x = (y1 - y0) == (1 << i), (x1 - x0) == (1 << j)  # a power of two: half the blocks
+    group = ((link * 64 + i) * 64 + j) * 4 + exact_y * 2 + exact_x
+    order = torch.argsort(group)
+    keys, counts = torch.unique_consecutive(group[order], return_counts=True)
+    groups = []  # (link, flat corner pixels [lookups * windows], lookups, carried tensors), by link
+    for key, sel in zip(keys.tolist(), torch.split(order, counts.tolist()), strict=True):
+        gl, gi, gj = key // (4096 * 4), key // 256 % 64, key // 4 % 64
+        ys = _block_starts(y0[sel], y1[sel], gl // 2, gi - key // 2 % 2)  # [windows, ny]
+        xs = _block_starts(x0[sel], x1[sel], (gl + 1) // 2, gj - key % 2)  # [windows, nx]
+        corners = (b[sel, None, None] * h + ys[:, :, None]) * w + xs[:, None, :]
+        groups.append((gl, corners.flatten(1).T.flatten(), ys.shape[1] * xs.shape[1], tuple(t[sel] for t in carry)))
+    step = max(1, min(c, _TABLE_ELEMENTS // size))
+    scratch = _Scratch(input.device)
+    low = 0xFFFFFFFF - torch.arange(size, device=input.device)[:, None]  # keys: the pixel's complement
+    for g0 in range(0, c, step):
+        g = slice(g0, min(c, g0 + step))
+        cg = g.stop - g0
+        cur, spare = (_table(kind, scratch, f"t{t}", (size, cg), dtype) for t in range(2))
+        _encode(kind, input[:, g], cur, low, scratch)
+        link = 0
+        for gl, idx, lookups, carried in groups:
+            while link < gl:  # the next table of the chain: along x from (a, a), along y from (a, a + 1)
+                shift = 1 << (link // 2) if link % 2 == 0 else (1 << (link // 2)) * w
+                _shift_max(kind, cur, shift, spare)
+                cur, spare, link = spare, cur, link + 1
+            shape = (lookups, idx.shape[0] // lookups, cg)
+            found = [
+                torch.index_select(t, 0, idx, out=scratch(f"q{e}", (idx.shape[0], cg), t.dtype)).view(shape)
+                for e, t in enumerate(cur)
+            ]
+            if kind == "pairs":
+                best = [t[0] for t in found]
+                for q in range(1, shape[0]):
+                    best = _max2(kind, best, [t[q] for t in found])
+            else:
+                best = (torch.amax(found[0], 0, out=scratch("best", shape[1:], found[0].dtype)),)
+            yield (carried, g, *_decode(kind, best))
+
+
+def _block_starts(lo: Tensor, hi: Tensor, a: int, i: int) -> Tensor:
+    """Starts of the 2^(i-a+1) blocks of size 2^a that cover each `[lo, hi)`, `hi - lo <= 2^(i+1)`."""
+    t = torch.arange(1 << (i - a + 1), device=lo.device) << a
+    return torch.minimum(lo[:, None] + t, (hi - (1 << a))[:, None])
+
+
+class _Scratch:
+    """Named buffers reused across channel groups (a fresh CPU allocation costs a page fault per page)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffers: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
+        return buf[:numel].view(shape)
+
+
+def _table(kind: str, scratch: _Scratch, name: str, shape, dtype) -> tuple[Tensor, ...]:
+    dtypes = {"keys": (torch.long,), "values": (dtype,), "pairs": (dtype, torch.long)}[kind]
+    return tuple(scratch(f"{name}.{e}", shape, t) for e, t in enumerate(dtypes))
+
+
+def _encode(kind: str, chunk: Tensor, dst: tuple[Tensor, ...], low: Tensor, scratch: _Scratch) -> None:
+    """Level (0, 0) of the table from `chunk` (`Tensor[N, Cg, H, W]`) into `dst` (`[N*H*W, Cg]`)."""
+    n, cg, h, w = chunk.shape
+    inf = float("inf")
+    value = dst[0] if kind != "keys" else scratch("value", (n * h * w, cg), torch.float32)
+    value.unflatten(0, (n, h, w)).copy_(chunk.permute(0, 2, 3, 1)).nan_to_num_(-inf, inf, -inf)
+    if kind == "pairs":
+        dst[1].copy_((0xFFFFFFFF - low).expand(-1, cg))
+    if kind != "keys":
+        return
+    # Order-preserving ints: flip a negative float's magnitude bits (after -0.0 -> +0.0: one zero).
+    bits = value.add_(0.0).view(torch.int32)
+    sign = torch.bitwise_right_shift(bits, 31, out=scratch("sign", bits.shape, torch.int32))
+    bits.bitwise_xor_(sign.bitwise_and_(0x7FFFFFFF))
+    torch.add(low, bits, alpha=2**32, out=dst[0])
+
+
+def _decode(kind: str, best: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    """(value, pixel) from `_encode`'s elements."""
+    if kind != "keys":
+        return best[0], best[1] if kind == "pairs" else None
+    words = best[0].view(torch.int32).unflatten(-1, (-1, 2))  # little-endian: (low, high) words
+    high, low = words[..., 1], words[..., 0]
+    value = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return value, torch.bitwise_not(low)  # low = 2**32 - 1 - pixel
+
+
+def _shift_max(kind: str, src: tuple[Tensor, ...], shift: int, dst: tuple[Tensor, ...]) -> None:
+    """`dst[p] = max(src[p], src[p + shift])` for every pixel p (the last `shift` rows are unused)."""
+    _max2(kind, [t[:-shift] for t in src], [t[shift:] for t in src], [t[:-shift] for t in dst])
+
+
+def _max2(kind: str, a, b, out=None) -> tuple[Tensor, ...]:
+    """The larger of two tables elementwise; among equal values, the one with the smaller pixel."""
+    if kind != "pairs":
+        return (torch.maximum(a[0], b[0], out=None if out is None else out[0]),)
+    take_b = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
+    if out is None:
+        return tuple(torch.where(take_b, y, x) for x, y in zip(a, b, strict=True))
+    return tuple(torch.where(take_b, y, x, out=o) for x, y, o in zip(a, b, out, strict=True))
 
 
 def window_avg_pool(

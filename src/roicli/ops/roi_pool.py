@@ -126,9 +126,9 @@ _TABLE_ELEMENTS = 1 << 21
 def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[Tensor, ...]):
     """Per-channel max over windows `[y0, y1) x [x0, x1)` (non-empty) of images `b` (`Tensor[B]` each).
 
-    Yields `(carried, channels, value, pixel)` for one group of windows at a time: `carry`'s
-    tensors (`Tensor[B, ...]`) at those windows, the slice of `channels`, the max
-    `Tensor[windows, channels]` in the compute dtype (NaN counts as -inf) and, with `with_arg`, its
+    Yields `(carried, channels, value, pixel)` for one group of channels at a time: `carry`'s
+    tensors (`Tensor[B, ...]`) permuted like the windows' results, the slice of `channels`, the
+    max `Tensor[B, channels]` in the compute dtype (NaN counts as -inf) and, with `with_arg`, its
     first pixel in row-major order as a flat N*H*W index (else None).
 
     A sparse table: table (a, b) holds, at every pixel, the max of the 2^a x 2^b block starting
@@ -152,31 +152,39 @@ def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[T
     wide = j > i
     a = torch.where(wide, i, j)  # the chain's table (a, b): the largest with a <= i, b <= j
     link = a + torch.where(wide, i + 1, j)  # its place in the chain
-    exact_y, exact_x = (y1 - y0) == (1 << i), (x1 - x0) == (1 << j)  # a power of two: half the blocks
-    group = ((link * 64 + i) * 64 + j) * 4 + exact_y * 2 + exact_x
+    # Blocks per window along y: 2^ly (one fewer doubling when the height is a power of two); x alike.
+    ly = i - a + 1 - ((y1 - y0) == (1 << i)).long()
+    lx = j - (link - a) + 1 - ((x1 - x0) == (1 << j)).long()
+    group = (link * 64 + ly) * 64 + lx
     order = torch.argsort(group)
     keys, counts = torch.unique_consecutive(group[order], return_counts=True)
-    groups = []  # (link, flat corner pixels [lookups * windows], lookups, carried tensors), by link
-    for key, sel in zip(keys.tolist(), torch.split(order, counts.tolist()), strict=True):
-        gl, gi, gj = key // (4096 * 4), key // 256 % 64, key // 4 % 64
-        ys = _block_starts(y0[sel], y1[sel], gl // 2, gi - key // 2 % 2)  # [windows, ny]
-        xs = _block_starts(x0[sel], x1[sel], (gl + 1) // 2, gj - key % 2)  # [windows, nx]
-        corners = (b[sel, None, None] * h + ys[:, :, None]) * w + xs[:, None, :]
-        groups.append((gl, corners.flatten(1).T.flatten(), ys.shape[1] * xs.shape[1], tuple(t[sel] for t in carry)))
+    b, y0, y1, x0, x1, link = (t[order] for t in (b, y0, y1, x0, x1, link))
+    ys = _block_starts(y0, y1, link // 2, int(ly.max()))  # [B, 2^max(ly)]
+    xs = _block_starts(x0, x1, link - link // 2, int(lx.max()))
+    base = b * (h * w)
+    groups = []  # (link, windows, flat corner pixels [lookups * windows], lookups), by link
+    start = 0
+    for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+        ny, nx, win = 1 << (key // 64 % 64), 1 << (key % 64), slice(start, start + count)
+        corners = base[win, None, None] + ys[win, :ny, None] * w + xs[win, None, :nx]
+        groups.append((key // 4096, win, corners.flatten(1).T.flatten(), ny * nx))
+        start += count
+    carried = tuple(t[order] for t in carry)
     step = max(1, min(c, _TABLE_ELEMENTS // size))
     scratch = _Scratch(input.device)
     low = 0xFFFFFFFF - torch.arange(size, device=input.device)[:, None]  # keys: the pixel's complement
     for g0 in range(0, c, step):
         g = slice(g0, min(c, g0 + step))
         cg = g.stop - g0
-        cur, spare = (_table(kind, scratch, f"t{t}", (size, cg), dtype) for t in range(2))
+        cur, spare, res = (_table(kind, scratch, name, shape, dtype) for name, shape in (
+            ("t0", (size, cg)), ("t1", (size, cg)), ("res", (start, cg))))
         _encode(kind, input[:, g], cur, low, scratch)
-        link = 0
-        for gl, idx, lookups, carried in groups:
-            while link < gl:  # the next table of the chain: along x from (a, a), along y from (a, a + 1)
-                shift = 1 << (link // 2) if link % 2 == 0 else (1 << (link // 2)) * w
+        at = 0  # cur is the chain's table number `at`
+        for gl, rows, idx, lookups in groups:
+            while at < gl:  # the next table of the chain: along x from (a, a), along y from (a, a + 1)
+                shift = 1 << (at // 2) if at % 2 == 0 else (1 << (at // 2)) * w
                 _shift_max(kind, cur, shift, spare)
-                cur, spare, link = spare, cur, link + 1
+                cur, spare, at = spare, cur, at + 1
             shape = (lookups, idx.shape[0] // lookups, cg)
             found = [
                 torch.index_select(t, 0, idx, out=scratch(f"q{e}", (idx.shape[0], cg), t.dtype)).view(shape)
@@ -184,17 +192,22 @@ def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[T
             ]
             if kind == "pairs":
                 best = [t[0] for t in found]
-                for q in range(1, shape[0]):
+                for q in range(1, lookups):
                     best = _max2(kind, best, [t[q] for t in found])
+                for r, v in zip(res, best, strict=True):
+                    r[rows].copy_(v)
             else:
-                best = (torch.amax(found[0], 0, out=scratch("best", shape[1:], found[0].dtype)),)
-            yield (carried, g, *_decode(kind, best))
+                torch.amax(found[0], 0, out=res[0][rows])
+        yield (carried, g, *_decode(kind, res))
 
 
-def _block_starts(lo: Tensor, hi: Tensor, a: int, i: int) -> Tensor:
-    """Starts of the 2^(i-a+1) blocks of size 2^a that cover each `[lo, hi)`, `hi - lo <= 2^(i+1)`."""
-    t = torch.arange(1 << (i - a + 1), device=lo.device) << a
-    return torch.minimum(lo[:, None] + t, (hi - (1 << a))[:, None])
+def _block_starts(lo: Tensor, hi: Tensor, a: Tensor, n: int) -> Tensor:
+    """`Tensor[B, 2^n]`: starts of blocks of size 2^a (`Tensor[B]`) that cover each `[lo, hi)`.
+
+    As many as are needed come first; the rest repeat the last one (`hi - 2^a`).
+    """
+    t = torch.arange(1 << n, device=lo.device)
+    return torch.minimum(lo[:, None] + (t << a[:, None]), (hi - (1 << a))[:, None])
 
 
 class _Scratch:

@@ -208,6 +208,9 @@ def _pool_windows(box: Box, ph_count: int, pw_count: int, spatial_scale: float, 
             yield ph, pw, hstart, hend, wstart, wend
 
 
+FLT_MAX = 3.4028234663852886e38  # the largest float32
+
+
 def roi_pool_ref(
     input: torch.Tensor,
     boxes: torch.Tensor | Sequence[torch.Tensor],
@@ -232,15 +235,16 @@ def _roi_pool_with_argmax(input, boxes, output_size, spatial_scale):
                 continue  # empty bin: output 0, no gradient
             for c in range(n_ch):
                 fmap = feats[box[0]][c]
-                best = None
+                best = -FLT_MAX  # Fast R-CNN's Caffe kernel starts here; NaN never compares greater
                 where = None
                 for y in range(hstart, hend):  # row-major scan, strict '>' keeps the first max
                     for x in range(wstart, wend):
-                        if best is None or fmap[y][x] > best:
+                        if fmap[y][x] > best:
                             best = fmap[y][x]
                             where = (y, x)
                 out[k, c, ph, pw] = best
-                argmax[(k, c, ph, pw)] = where
+                if where is not None:
+                    argmax[(k, c, ph, pw)] = where
     return out, argmax
 
 

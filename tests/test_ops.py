@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -298,15 +299,40 @@ def test_roi_pool_matches_reference(p, output_size):
 
 
 @PROPERTY
-@given(p=problems(min_k=1, int_values=True), output_size=OUTPUT_SIZES)
-def test_roi_pool_gradient_goes_to_first_argmax(p, output_size):
+@given(p=problems(min_k=1, int_values=True), output_size=OUTPUT_SIZES, dtype=st.sampled_from([torch.float32, F64]))
+def test_roi_pool_gradient_goes_to_first_argmax(p, output_size, dtype):
     """On a map with many ties each bin's gradient goes to its first (row-major) maximum."""
-    x = p.x.clone().requires_grad_(True)
+    x = p.x.to(dtype).requires_grad_(True)
     out = roi_pool(x, p.boxes, output_size, p.scale)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(p.seed), dtype=F64)
-    out.backward(grad_out)
+    out.backward(grad_out.to(dtype))
     want = ref.roi_pool_grad_ref(p.x, p.boxes, output_size, p.scale, grad_out)
-    assert_close(x.grad, want)
+    assert_close(x.grad, want.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("group_channels", [1, 2, 5])
+def test_roi_pool_special_values_and_channel_groups(dtype, group_channels, monkeypatch):
+    """NaN never wins (the running max starts at -FLT_MAX), -0.0 ties with 0.0, and the result does
+    not depend on how many channels are pooled at once."""
+    monkeypatch.setattr(sys.modules["roicli.ops.roi_pool"], "_TABLE_ELEMENTS", group_channels * 2 * 7 * 23)
+    gen = torch.Generator().manual_seed(group_channels)
+    x = torch.randint(-2, 3, (2, 5, 7, 23), generator=gen).to(F64)
+    x.view(-1)[torch.randperm(x.numel(), generator=gen)[:300]] = math.nan
+    x.view(-1)[torch.randperm(x.numel(), generator=gen)[:100]] = -math.inf
+    x.view(-1)[torch.randperm(x.numel(), generator=gen)[:50]] = math.inf
+    x[x == 0] = -0.0
+    x[1, 3, :3] = math.nan  # bins of NaN only
+    x[0, 4, :3] = -math.inf
+    boxes = torch.tensor([[0, 0, 0, 22, 6], [1, 0, 0, 22, 2], [1, 3, 1, 3, 6], [0, 2.6, 0.4, 19.5, 5.5]], dtype=F64)
+    for output_size in [(1, 1), (3, 2), (2, 9)]:
+        xt = x.to(dtype).clone().requires_grad_(True)
+        out = roi_pool(xt, boxes, output_size)
+        grad_out = torch.rand(out.shape, generator=gen, dtype=F64)
+        out.backward(grad_out.to(dtype))
+        want = ref.roi_pool_ref(x.to(dtype), boxes, output_size).to(dtype)  # -FLT_MAX is -inf in bfloat16
+        assert_close(out, want, equal_nan=False)
+        assert_close(xt.grad, ref.roi_pool_grad_ref(x, boxes, output_size, 1.0, grad_out.to(dtype)).to(dtype))
 
 
 @PROPERTY

@@ -15,6 +15,7 @@ Letters: N images, C channels, H x W map, K RoIs, PH x PW pooled size.
 
 from __future__ import annotations
 
+import importlib
 import math
 import zlib
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from roicli.ops import (
 
 torchvision = pytest.importorskip("torchvision")
 tv_ops = torchvision.ops
+roi_pool_module = importlib.import_module("roicli.ops.roi_pool")  # `roicli.ops.roi_pool` is the function
 
 try:
     from hypothesis import given, settings
@@ -385,6 +387,60 @@ def test_roi_pool_ties(kind, dtype):
     grad_output = torch.randint(1, 5, (rois.shape[0], C, 3, 4), generator=gen).to(dtype)
     out_tv, grad_tv = _grad(lambda t: tv_ops.roi_pool(t, rois, (3, 4), 1.0), x, grad_output)
     out, grad = _grad(lambda t: roi_pool(t, rois, (3, 4), 1.0), x, grad_output)
+    torch.testing.assert_close(out, out_tv, rtol=0, atol=0)
+    torch.testing.assert_close(grad, grad_tv, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_roi_pool_special_values(dtype):
+    """NaN, +-inf and signed zeros: torchvision's running max starts at -FLT_MAX and skips NaN."""
+    gen = _gen("roi_pool_special", dtype)
+    x = torch.relu(torch.randn((N, C, H, W), generator=gen, dtype=torch.float64)).to(dtype)
+    flat = x.view(-1)
+    picks = torch.randperm(flat.numel(), generator=gen)
+    flat[picks[:40]] = math.nan
+    flat[picks[40:80]] = -math.inf
+    flat[picks[80:100]] = math.inf
+    flat[picks[100:160]] = -0.0
+    x[0, 0, :4, :4] = math.nan  # whole bins of NaN, of -inf, of NaN and -inf
+    x[0, 1, :4, :4] = -math.inf
+    x[1, 1, :4, :4] = -math.inf
+    x[1, 1, :2, :2] = math.nan
+    rois = torch.cat(
+        [
+            _rois(gen, dtype, 1.0, snapped_inside_only=False),
+            torch.tensor([[0, 0, 0, 3, 3], [1, 0, 0, 3, 3]], dtype=dtype),
+        ]
+    )
+    grad_output = torch.randint(1, 5, (rois.shape[0], C, 2, 3), generator=gen).to(dtype)
+    out_tv, grad_tv = _grad(lambda t: tv_ops.roi_pool(t, rois, (2, 3), 1.0), x, grad_output)
+    out, grad = _grad(lambda t: roi_pool(t, rois, (2, 3), 1.0), x, grad_output)
+    torch.testing.assert_close(out, out_tv, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad, grad_tv, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("output_size", [(1, 1), (1, 7), (7, 1), (2, 14), (14, 3)], ids=str)
+def test_roi_pool_elongated_windows_and_channel_groups(output_size, dtype, monkeypatch):
+    """Bins from 1 pixel to the whole map, aspect ratios up to ~40, channels pooled a few at a time."""
+    monkeypatch.setattr(roi_pool_module, "_TABLE_ELEMENTS", 2 * (2 * 9 * 41))  # 2 channels per group
+    gen = _gen("roi_pool_elongated", output_size, dtype)
+    x = torch.relu(torch.randn((2, 5, 9, 41), generator=gen, dtype=torch.float64)).mul(4).round().to(dtype)
+    rois = torch.tensor(
+        [
+            [0, 0, 0, 40, 8],
+            [1, 0, 3, 40, 3],
+            [0, 5, 0, 5, 8],
+            [1, 2.4, 1.6, 39.5, 2.5],
+            [0, 7, 1, 30, 7],
+            [1, 0, 0, 0, 0],
+        ],
+        dtype=dtype,
+    )
+    ph, pw = output_size
+    grad_output = torch.randint(1, 5, (rois.shape[0], 5, ph, pw), generator=gen).to(dtype)
+    out_tv, grad_tv = _grad(lambda t: tv_ops.roi_pool(t, rois, output_size, 1.0), x, grad_output)
+    out, grad = _grad(lambda t: roi_pool(t, rois, output_size, 1.0), x, grad_output)
     torch.testing.assert_close(out, out_tv, rtol=0, atol=0)
     torch.testing.assert_close(grad, grad_tv, rtol=0, atol=0)
 

@@ -4,7 +4,8 @@ A pooled value is a weighted sum of feature-map pixels. RoI Align's bilinear tap
 integral of Precise RoI Pooling are both *separable*: a pixel's weight in bin (ph, pw) is a row factor
 times a column factor. So each op only says, per RoI and per axis, which rows (columns) a bin touches
 and with what weight; `separable_pool` forms the bags of (pixel, weight) pairs and sums whole channel
-rows of a channels-last copy of the map with `embedding_bag`, vectorised over C.
+rows of a channels-last copy of the map with `embedding_bag`, vectorised over C. The gradient is the
+same kind of sum with the bags transposed: for each pixel, the bins that read it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from roicli.ops._validate import compute_dtype
+
 # Bag entries built at once (bounds the temporary index/weight memory when K grows).
 _CHUNK_ENTRIES = 1 << 22
+# Pixels per tile when transposing a channels-last gradient back to NCHW (3x faster than one copy).
+_TILE = 256
 
 
 def nhwc_table(input: Tensor, dtype: torch.dtype) -> Tensor:
@@ -30,6 +35,120 @@ def nhwc_table(input: Tensor, dtype: torch.dtype) -> Tensor:
     return table.copy_(hwc).view(n * h * w, c)
 
 
+def merge_taps(idx: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum the weights of a bin's taps that land on the same row (column).
+
+    `Tensor[K, P, T]` each -> `Tensor[K, P, D]`, D the widest span of rows a bin touches, when that
+    is fewer taps (dense sampling: neighbouring samples share pixels). Unused taps get weight 0.
+    """
+    if idx.numel() == 0:
+        return idx, weight
+    live = weight != 0
+    lo = torch.where(live, idx, torch.iinfo(idx.dtype).max).amin(-1)
+    hi = torch.where(live, idx, -1).amax(-1)
+    lo = torch.where(hi >= 0, lo, 0)
+    span = (hi - lo + 1).clamp_min(1)
+    d = int(span.max())
+    if d >= idx.shape[-1]:
+        return idx, weight
+    local = torch.where(live, idx - lo[..., None], 0)
+    merged = weight.new_zeros(idx.shape[:-1] + (d,)).scatter_add_(-1, local, weight * live)
+    t = torch.arange(d, device=idx.device)
+    return torch.where(t < span[..., None], lo[..., None] + t, lo[..., None]), merged
+
+
+def separable_mean(input: Tensor, base: Tensor, rows, row_w, cols, col_w, compact: bool = False) -> Tensor:
+    """`separable_pool` straight from `input` (`Tensor[N, C, H, W]`): `Tensor[K, C, PH, PW]` in its dtype.
+
+    Half types are summed in float32. Differentiable with respect to `input` by a hand-written
+    backward: one `embedding_bag` over the transposed bags into a channels-last gradient, then a
+    tiled transpose to NCHW (far cheaper than autograd through the gather and the layout copy).
+    """
+    rows, row_w = merge_taps(rows, row_w)
+    cols, col_w = merge_taps(cols, col_w)
+    return _SeparableMean.apply(input, base, rows, row_w, cols, col_w, compact)
+
+
+class _SeparableMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input: Tensor, base, rows, row_w, cols, col_w, compact: bool):
+        n, c, h, w = input.shape
+        k, ph = rows.shape[:2]
+        pw = cols.shape[1]
+        table = nhwc_table(input.detach(), compute_dtype(input.dtype))
+        out = (input.new_zeros if rows.shape[2] * cols.shape[2] == 0 else input.new_empty)((k, c, ph, pw))
+        taps = rows.shape[2] * cols.shape[2]
+        for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, compact):
+            if counts is None:  # bags of `taps` entries each
+                idx, wts, offsets = idx.view(-1, taps), wts.view(-1, taps), None
+            else:
+                offsets = torch.cumsum(counts, 0) - counts
+            res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts.to(table.dtype))
+            out[e] = res.view(-1, ph, pw, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(base, rows, row_w, cols, col_w)
+            ctx.compact, ctx.input_shape = compact, input.shape
+            # The channels-last copy is dead now; its memory can hold the gradient (no fresh pages).
+            own = table.dtype == input.dtype and table.data_ptr() != input.data_ptr()
+            ctx.spare = table if own else None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        base, rows, row_w, cols, col_w = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        k, _, ph, pw = grad.shape
+        dtype = compute_dtype(grad.dtype)
+        pixels, weights, bags = [torch.zeros(0, dtype=torch.long, device=grad.device)], [grad.new_zeros(0)], []
+        bags.append(pixels[0])
+        for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, ctx.compact):
+            first = e.start * ph * pw
+            n_bags = (min(e.stop, k) - e.start) * ph * pw
+            per_bag = idx.shape[0] // n_bags if counts is None else counts
+            bags.append(torch.repeat_interleave(torch.arange(first, first + n_bags, device=idx.device), per_bag))
+            pixels.append(idx)
+            weights.append(wts)
+        pixel, order = torch.sort(torch.cat(pixels), stable=True)  # stable: a fixed summation order
+        counts = torch.bincount(pixel, minlength=n * h * w)
+        g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
+        grad_hwc = F.embedding_bag(
+            torch.cat(bags)[order], g_rows, torch.cumsum(counts, 0) - counts, mode="sum",
+            per_sample_weights=torch.cat(weights)[order].to(dtype),
+        )  # [N*H*W, C]
+        spare = ctx.spare
+        ctx.spare = None
+        grad_input = grad.new_empty((n, c, h, w)) if spare is None else spare.view(-1).view(n, c, h, w)
+        for i in range(n):  # tiled transpose: [H*W, C] -> [C, H*W]
+            src, dst = grad_hwc[i * h * w : (i + 1) * h * w], grad_input[i].view(c, h * w)
+            for p in range(0, h * w, _TILE):
+                dst[:, p : p + _TILE].copy_(src[p : p + _TILE].t())
+        return grad_input, None, None, None, None, None, None
+
+
+def _bags(base, rows, row_w, cols, col_w, width: int, compact: bool, chunk: int | None = None):
+    """Yields `(roi slice, pixel indices, weights, entries per bag or None)` for chunks of RoIs.
+
+    Bag (k, ph, pw) holds `row_w * col_w` at pixel `base + row * width + col` for every pair of
+    its row and column taps; with `compact`, taps of weight 0 (padding of ragged grids) are
+    dropped, otherwise every bag has the same size. `chunk` RoIs at a time (default: bounded memory).
+    """
+    k, ph, a = rows.shape
+    pw, b = cols.shape[1:]
+    if ph * pw * a * b == 0:
+        return
+    step = chunk or max(1, _CHUNK_ENTRIES // (ph * pw * a * b))
+    for s in range(0, k, step):
+        e = slice(s, s + step)
+        idx = base[e, None, None, None, None] + rows[e, :, None, :, None] * width + cols[e, None, :, None, :]
+        w = row_w[e, :, None, :, None] * col_w[e, None, :, None, :]  # [k, PH, PW, A, B] both
+        idx, w = idx.reshape(-1, a * b), w.reshape(-1, a * b)
+        if not compact:
+            yield e, idx.flatten(), w.flatten(), None
+            continue
+        keep = w != 0
+        yield e, idx[keep], w[keep], keep.sum(dim=1)
+
+
 def separable_pool(
     table: Tensor,
     width: int,
@@ -38,40 +157,21 @@ def separable_pool(
     row_w: Tensor,
     cols: Tensor,
     col_w: Tensor,
-    compact: bool = False,
 ) -> Tensor:
-    """Sum `row_w * col_w * table[base + row * width + col]` over each bin's taps.
+    """Sum `row_w * col_w * table[base + row * width + col]` over each bin's taps, autograd through `table`.
 
     table `Tensor[N*H*W, C]`; base `Tensor[K]` (first pixel of the RoI's image);
     rows/row_w `Tensor[K, PH, A]` (row taps of each bin row); cols/col_w `Tensor[K, PW, B]`.
-    Returns `Tensor[K, PH, PW, C]`. With `compact`, taps of weight 0 (padding of ragged grids) are
-    dropped before the gather; otherwise every bin is a fixed-size bag (cheaper when few are 0).
+    Returns `Tensor[K, PH, PW, C]`.
     """
     k, ph, a = rows.shape
     pw, b = cols.shape[1:]
-    if ph * pw * a * b == 0:  # no taps at all (e.g. adaptive sampling of empty RoIs)
+    if k * ph * pw * a * b == 0:  # no taps at all (e.g. adaptive sampling of empty RoIs)
         return table.new_zeros((k, ph, pw, table.shape[1])) + 0 * table.sum()
-    per_roi = ph * pw * a * b
-    step = max(1, _CHUNK_ENTRIES // per_roi)
-    if table.requires_grad:  # one autograd node: one gradient buffer, not one per chunk
-        step = k
-    outs = []
-    for s in range(0, k, step):
-        e = slice(s, s + step)
-        idx = (
-            base[e, None, None, None, None]
-            + rows[e, :, None, :, None] * width
-            + cols[e, None, :, None, :]
-        )  # [k, PH, PW, A, B]
-        w = row_w[e, :, None, :, None] * col_w[e, None, :, None, :]  # [k, PH, PW, A, B]
-        idx, w = idx.reshape(-1, a * b), w.reshape(-1, a * b).to(table.dtype)
-        if compact:
-            keep = w != 0
-            counts = keep.sum(dim=1)  # [k*PH*PW]
-            offsets = torch.cumsum(counts, 0) - counts
-            idx, w = idx[keep], w[keep]
-        else:
-            offsets = None
-        outs.append(F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=w))
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]
-    return out.view(k, ph, pw, table.shape[1])
+    # With autograd, one chunk: one gradient buffer, not one per chunk.
+    chunk = k if table.requires_grad else None
+    outs = [
+        F.embedding_bag(idx.view(-1, a * b), table, mode="sum", per_sample_weights=w.view(-1, a * b).to(table.dtype))
+        for _, idx, w, _ in _bags(base, rows, row_w, cols, col_w, width, False, chunk)
+    ]
+    return torch.cat(outs).view(k, ph, pw, table.shape[1])

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from roicli.ops._gather import nhwc_table, separable_pool
-from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
+from roicli.ops._gather import separable_mean
+from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 
 def precise_roi_pool(
@@ -52,10 +52,7 @@ def precise_roi_pool(
     rois64 = rois.double()
     ry, wy = integral_taps(rois64[:, 2], rois64[:, 4], spatial_scale, ph, aligned, h)
     rx, wx = integral_taps(rois64[:, 1], rois64[:, 3], spatial_scale, pw, aligned, w)
-    table = nhwc_table(input, compute_dtype(input.dtype))
-    base = rois[:, 0].long() * (h * w)
-    out = separable_pool(table, w, base, ry, wy, rx, wx, compact=True)  # [K, PH, PW, C]
-    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW]
+    return separable_mean(input, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
 
 
 def _tent_integral(a: Tensor, b: Tensor, i: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
-from roicli.ops._gather import nhwc_table, separable_pool
+from roicli.ops._gather import nhwc_table, separable_mean, separable_pool
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
 
 
@@ -62,18 +62,17 @@ def roi_align(
         return input.new_zeros((0, c, ph, pw))
     ry, wy, gy = align_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, sampling_ratio, aligned, h)
     rx, wx, gx = align_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, sampling_ratio, aligned, w)
-    table = nhwc_table(input, compute_dtype(input.dtype))
     base = rois[:, 0].long() * (h * w)  # [K]
     if mode == "avg":
         # Each axis carries 1/IY (1/IX), so a tap's weight is w_bilinear / (IY * IX).
-        out = separable_pool(
-            table, w, base,
+        return separable_mean(
+            input, base,
             ry.flatten(2), (wy / gy.clamp_min(1)[:, None, None, None]).flatten(2),
             rx.flatten(2), (wx / gx.clamp_min(1)[:, None, None, None]).flatten(2),
             compact=sampling_ratio <= 0,
-        )  # [K, PH, PW, C]
-    else:
-        out = _max_of_samples(table, w, base, ry, wy, gy, rx, wx, gx)
+        )  # [K, C, PH, PW]
+    table = nhwc_table(input, compute_dtype(input.dtype))
+    out = _max_of_samples(table, w, base, ry, wy, gy, rx, wx, gx)
     return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW], like torchvision
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from roicli.ops._gather import nhwc_table, separable_pool
+from roicli.ops._gather import separable_mean
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
 
 
@@ -292,9 +292,7 @@ def window_avg_pool(
         return input.new_zeros((0, c, ph, pw))
     ry, wy = _window_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, h)
     rx, wx = _window_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, w)
-    table = nhwc_table(input, compute_dtype(input.dtype))
-    out = separable_pool(table, w, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
-    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW]
+    return separable_mean(input, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
 
 
 def _window_taps(start, end, spatial_scale, pooled, size) -> tuple[Tensor, Tensor]:

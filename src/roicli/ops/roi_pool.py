@@ -102,7 +102,8 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
     full = ((y1 > y0) & (x1 > x0)).nonzero().squeeze(1)  # bins with at least one pixel
     roi, binn = full // (ph * pw), full % (ph * pw)
     b = rois[roi, 0].long()
-    out = torch.zeros((k, c, ph * pw), dtype=input.dtype, device=dev)
+    # Every bin is written below unless some are empty (0).
+    out = (torch.empty if full.shape[0] == k * ph * pw else torch.zeros)((k, c, ph * pw), dtype=input.dtype, device=dev)
     past_end = input.numel()
     index_dtype = torch.int32 if past_end < 2**31 else torch.long
     argmax = torch.full((c, k, ph * pw), past_end, dtype=index_dtype, device=dev) if with_arg else None
@@ -110,11 +111,11 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
     carry = (roi, binn, b * ((c - 1) * h * w))  # pixel (n, y, x) -> ((n * C + c) * H + y) * W + x
     windows = _window_max(input.detach(), b, y0[full], y1[full], x0[full], x1[full], with_arg, carry)
     for (r, p, offset), g, value, pixel in windows:
-        found = value > -_FLT_MAX  # False for -inf and NaN
-        out[r, g, p] = torch.where(found, value, -_FLT_MAX).to(out.dtype)
         if argmax is not None:
+            found = value > -_FLT_MAX  # False for -inf (and NaN, which the tables hold as -inf)
             flat = torch.where(found, pixel + offset[:, None] + chan_offset[g], past_end)
             argmax[g, r, p] = flat.T.to(index_dtype)
+        out[r, g, p] = value.clamp_min_(-_FLT_MAX).to(out.dtype)
     return out.view(shape[:1] + (c,) + shape[1:]), argmax
 
 
@@ -156,7 +157,7 @@ def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[T
     ly = i - a + 1 - ((y1 - y0) == (1 << i)).long()
     lx = j - (link - a) + 1 - ((x1 - x0) == (1 << j)).long()
     group = (link * 64 + ly) * 64 + lx
-    order = torch.argsort(group)
+    order = torch.argsort(group, stable=True)  # stable: windows keep their order within a group
     keys, counts = torch.unique_consecutive(group[order], return_counts=True)
     b, y0, y1, x0, x1, link = (t[order] for t in (b, y0, y1, x0, x1, link))
     ys = _block_starts(y0, y1, link // 2, int(ly.max()))  # [B, 2^max(ly)]

@@ -20,6 +20,8 @@ from roicli.ops._validate import compute_dtype
 _CHUNK_ENTRIES = 1 << 22
 # Pixels per tile when transposing a channels-last gradient back to NCHW (3x faster than one copy).
 _TILE = 256
+# Elements of the channels-last buffer one group of channels goes through (16 MiB of float32).
+_TABLE_ELEMENTS = 1 << 22
 
 
 def nhwc_table(input: Tensor, dtype: torch.dtype) -> Tensor:
@@ -60,9 +62,10 @@ def merge_taps(idx: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
 def separable_mean(input: Tensor, base: Tensor, rows, row_w, cols, col_w, compact: bool = False) -> Tensor:
     """`separable_pool` straight from `input` (`Tensor[N, C, H, W]`): `Tensor[K, C, PH, PW]` in its dtype.
 
-    Half types are summed in float32. Differentiable with respect to `input` by a hand-written
-    backward: one `embedding_bag` over the transposed bags into a channels-last gradient, then a
-    tiled transpose to NCHW (far cheaper than autograd through the gather and the layout copy).
+    Half types are summed in float32. Channels go a group at a time through a small, reused
+    channels-last buffer (no full-size copy of the map, and the gathers stay in cache).
+    Differentiable with respect to `input` by a hand-written backward: an `embedding_bag` over the
+    transposed bags per group of channels, transposed into the NCHW gradient.
     """
     rows, row_w = merge_taps(rows, row_w)
     cols, col_w = merge_taps(cols, col_w)
@@ -75,22 +78,21 @@ class _SeparableMean(torch.autograd.Function):
         n, c, h, w = input.shape
         k, ph = rows.shape[:2]
         pw = cols.shape[1]
-        table = nhwc_table(input.detach(), compute_dtype(input.dtype))
-        out = (input.new_zeros if rows.shape[2] * cols.shape[2] == 0 else input.new_empty)((k, c, ph, pw))
         taps = rows.shape[2] * cols.shape[2]
+        out = (input.new_zeros if taps == 0 else input.new_empty)((k, c, ph, pw))
+        dtype = compute_dtype(input.dtype)
         for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, compact):
             if counts is None:  # bags of `taps` entries each
                 idx, wts, offsets = idx.view(-1, taps), wts.view(-1, taps), None
             else:
                 offsets = torch.cumsum(counts, 0) - counts
-            res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts.to(table.dtype))
-            out[e] = res.view(-1, ph, pw, c).permute(0, 3, 1, 2)
+            wts = wts.to(dtype)
+            for g, table in _channel_groups(input.detach(), dtype):
+                res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts)
+                out[e, g] = res.view(-1, ph, pw, res.shape[1]).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(base, rows, row_w, cols, col_w)
             ctx.compact, ctx.input_shape = compact, input.shape
-            # The channels-last copy is dead now; its memory can hold the gradient (no fresh pages).
-            own = table.dtype == input.dtype and table.data_ptr() != input.data_ptr()
-            ctx.spare = table if own else None
         return out
 
     @staticmethod
@@ -108,21 +110,44 @@ class _SeparableMean(torch.autograd.Function):
             bags.append(torch.repeat_interleave(torch.arange(first, first + n_bags, device=idx.device), per_bag))
             pixels.append(idx)
             weights.append(wts)
-        pixel, order = torch.sort(torch.cat(pixels), stable=True)  # stable: a fixed summation order
+        # For each pixel, the bins that read it: a stable sort keeps a fixed summation order.
+        pixel, order = torch.sort(torch.cat(pixels), stable=True)
         counts = torch.bincount(pixel, minlength=n * h * w)
+        offsets = torch.cumsum(counts, 0) - counts
+        bag, weight = torch.cat(bags)[order], torch.cat(weights)[order].to(dtype)
         g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
-        grad_hwc = F.embedding_bag(
-            torch.cat(bags)[order], g_rows, torch.cumsum(counts, 0) - counts, mode="sum",
-            per_sample_weights=torch.cat(weights)[order].to(dtype),
-        )  # [N*H*W, C]
-        spare = ctx.spare
-        ctx.spare = None
-        grad_input = grad.new_empty((n, c, h, w)) if spare is None else spare.view(-1).view(n, c, h, w)
-        for i in range(n):  # tiled transpose: [H*W, C] -> [C, H*W]
-            src, dst = grad_hwc[i * h * w : (i + 1) * h * w], grad_input[i].view(c, h * w)
-            for p in range(0, h * w, _TILE):
-                dst[:, p : p + _TILE].copy_(src[p : p + _TILE].t())
+        grad_input = grad.new_empty((n, c, h, w))
+        hw = h * w
+        for g, _ in _channel_groups(None, dtype, (n, c, h, w)):
+            grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
+            for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
+                src, dst = grad_hwc[i * hw : (i + 1) * hw], grad_input[i, g].view(-1, hw)
+                for p in range(0, hw, _TILE):
+                    dst[:, p : p + _TILE].copy_(src[p : p + _TILE].t())
         return grad_input, None, None, None, None, None, None
+
+
+def _channel_groups(input: Tensor | None, dtype: torch.dtype, shape=None):
+    """Yields `(channel slice, Tensor[N*H*W, Cg])`: `input` channels-last, a group at a time.
+
+    A channels-last input of the right dtype is one group, free. Otherwise groups of about
+    `_TABLE_ELEMENTS` elements are copied into one reused buffer. With `input` None, only the
+    slices for `shape` (and None).
+    """
+    n, c, h, w = input.shape if input is not None else shape
+    hwc = input.permute(0, 2, 3, 1) if input is not None else None
+    if hwc is not None and hwc.is_contiguous() and input.dtype == dtype:
+        yield slice(0, c), hwc.reshape(n * h * w, c)
+        return
+    step = max(1, min(c, _TABLE_ELEMENTS // (n * h * w)))
+    buf = None if input is None else torch.empty(n * h * w * min(step, c), dtype=dtype, device=input.device)
+    for g0 in range(0, c, step):
+        g = slice(g0, min(c, g0 + step))
+        if buf is None:
+            yield g, None
+            continue
+        table = buf[: n * h * w * (g.stop - g0)].view(n, h, w, g.stop - g0)
+        yield g, table.copy_(hwc[..., g]).view(n * h * w, -1)
 
 
 def _bags(base, rows, row_w, cols, col_w, width: int, compact: bool, chunk: int | None = None):

@@ -635,6 +635,31 @@ def test_two_runs_are_bitwise_equal_and_inputs_untouched(op_name):
 
 
 @pytest.mark.parametrize("op_name", OP_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16], ids=str)
+def test_channel_groups_and_layouts_give_the_same_forward_and_gradient(op_name, dtype, monkeypatch):
+    """The ops pool channels a group at a time; one channel per group, or the whole of a
+    channels-last input at once, must give the same values and gradients."""
+    op = OPS[op_name]
+    x0 = _map(dtype=torch.float32).to(dtype)
+    grad_out = torch.randn(4, 3, 2, 3, generator=torch.Generator().manual_seed(7)).to(dtype)
+
+    def run(x):
+        x = x.detach().clone().requires_grad_(True)
+        out = op(x, BOXES.to(dtype))
+        out.backward(grad_out)
+        assert out.dtype == dtype and x.grad.dtype == dtype
+        return out.detach(), x.grad
+
+    want = run(x0)
+    for module in ("roicli.ops._gather", "roicli.ops.roi_pool"):
+        monkeypatch.setattr(sys.modules[module], "_TABLE_ELEMENTS", 2 * 8 * 9)  # one channel per group
+    for x in (x0, x0.contiguous(memory_format=torch.channels_last)):
+        got = run(x)
+        assert_close(got[0], want[0], atol=0, rtol=0)
+        assert_close(got[1], want[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_empty_rois_give_empty_output(op_name, dtype):
     op = OPS[op_name]

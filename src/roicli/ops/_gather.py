@@ -3,9 +3,9 @@
 A pooled value is a weighted sum of feature-map pixels. RoI Align's bilinear taps and the exact
 integral of Precise RoI Pooling are both *separable*: a pixel's weight in bin (ph, pw) is a row factor
 times a column factor. So each op only says, per RoI and per axis, which rows (columns) a bin touches
-and with what weight; `separable_pool` forms the bags of (pixel, weight) pairs and sums whole channel
-rows of a channels-last copy of the map with `embedding_bag`, vectorised over C. The gradient is the
-same kind of sum with the bags transposed: for each pixel, the bins that read it.
+and with what weight; the bags of (pixel, weight) pairs then sum whole channel rows of a channels-last
+copy of the map (a group of channels at a time) with `embedding_bag`, vectorised over C. The gradient
+is the same kind of sum with the bags transposed: for each pixel, the bins that read it.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class _SeparableMean(torch.autograd.Function):
         n, c, h, w = ctx.input_shape
         k, _, ph, pw = grad.shape
         dtype = compute_dtype(grad.dtype)
-        pixels, weights, bags = [torch.zeros(0, dtype=torch.long, device=grad.device)], [grad.new_zeros(0)], []
-        bags.append(pixels[0])
+        none = torch.zeros(0, dtype=torch.long, device=grad.device)  # torch.cat needs a tensor when no bin has taps
+        pixels, weights, bags = [none], [grad.new_zeros(0)], [none]
         for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, ctx.compact):
             first = e.start * ph * pw
             n_bags = (min(e.stop, k) - e.start) * ph * pw
@@ -118,7 +118,7 @@ class _SeparableMean(torch.autograd.Function):
         g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
         grad_input = grad.new_empty((n, c, h, w))
         hw = h * w
-        for g, _ in _channel_groups(None, dtype, (n, c, h, w)):
+        for g in _channel_slices(c, n * h * w):
             grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
             for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
                 src, dst = grad_hwc[i * hw : (i + 1) * hw], grad_input[i, g].view(-1, hw)
@@ -127,27 +127,28 @@ class _SeparableMean(torch.autograd.Function):
         return grad_input, None, None, None, None, None, None
 
 
-def _channel_groups(input: Tensor | None, dtype: torch.dtype, shape=None):
-    """Yields `(channel slice, Tensor[N*H*W, Cg])`: `input` channels-last, a group at a time.
+def _channel_groups(input: Tensor, dtype: torch.dtype):
+    """Yields `(channel slice, Tensor[N*H*W, Cg])`: `input` channels-last in `dtype`, a group at a time.
 
-    A channels-last input of the right dtype is one group, free. Otherwise groups of about
-    `_TABLE_ELEMENTS` elements are copied into one reused buffer. With `input` None, only the
-    slices for `shape` (and None).
+    A channels-last input of the right dtype is one group, free; otherwise each group is copied
+    into one reused buffer.
     """
-    n, c, h, w = input.shape if input is not None else shape
-    hwc = input.permute(0, 2, 3, 1) if input is not None else None
-    if hwc is not None and hwc.is_contiguous() and input.dtype == dtype:
+    n, c, h, w = input.shape
+    hwc = input.permute(0, 2, 3, 1)
+    if hwc.is_contiguous() and input.dtype == dtype:
         yield slice(0, c), hwc.reshape(n * h * w, c)
         return
-    step = max(1, min(c, _TABLE_ELEMENTS // (n * h * w)))
-    buf = None if input is None else torch.empty(n * h * w * min(step, c), dtype=dtype, device=input.device)
-    for g0 in range(0, c, step):
-        g = slice(g0, min(c, g0 + step))
-        if buf is None:
-            yield g, None
-            continue
-        table = buf[: n * h * w * (g.stop - g0)].view(n, h, w, g.stop - g0)
+    slices = _channel_slices(c, n * h * w)
+    buf = torch.empty(n * h * w * (slices[0].stop - slices[0].start), dtype=dtype, device=input.device)
+    for g in slices:
+        table = buf[: n * h * w * (g.stop - g.start)].view(n, h, w, g.stop - g.start)
         yield g, table.copy_(hwc[..., g]).view(n * h * w, -1)
+
+
+def _channel_slices(c: int, pixels: int) -> list[slice]:
+    """Groups of channels of about `_TABLE_ELEMENTS` elements over `pixels` pixels."""
+    step = max(1, min(c, _TABLE_ELEMENTS // pixels))
+    return [slice(g0, min(c, g0 + step)) for g0 in range(0, c, step)]
 
 
 def _bags(base, rows, row_w, cols, col_w, width: int, compact: bool, chunk: int | None = None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -145,7 +146,8 @@ def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[T
     n, c, h, w = input.shape
     size = n * h * w
     dtype = compute_dtype(input.dtype)
-    kind = "values" if not with_arg else "keys" if dtype == torch.float32 and size < 2**31 else "pairs"
+    keys_fit = dtype == torch.float32 and size < 2**31 and sys.byteorder == "little"  # see _decode
+    kind = "values" if not with_arg else "keys" if keys_fit else "pairs"
     if y0.shape[0] == 0:
         return
     i = torch.frexp((y1 - y0).double()).exponent.long() - 1  # floor(log2(height))

@@ -18,8 +18,8 @@ from roicli.ops._validate import compute_dtype
 
 # Bag entries built at once (bounds the temporary index/weight memory when K grows).
 _CHUNK_ENTRIES = 1 << 22
-# Pixels per tile when transposing a channels-last gradient back to NCHW (3x faster than one copy).
-_TILE = 256
+# Elements per tile when transposing a channels-last gradient back to NCHW (2-3x faster than one copy).
+_TILE = 1 << 17
 # Elements of the channels-last buffer one group of channels goes through (16 MiB of float32).
 _TABLE_ELEMENTS = 1 << 22
 
@@ -120,10 +120,11 @@ class _SeparableMean(torch.autograd.Function):
         hw = h * w
         for g in _channel_slices(c, n * h * w):
             grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
+            tile = max(256, _TILE // grad_hwc.shape[1])  # pixels
             for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
                 src, dst = grad_hwc[i * hw : (i + 1) * hw], grad_input[i, g].view(-1, hw)
-                for p in range(0, hw, _TILE):
-                    dst[:, p : p + _TILE].copy_(src[p : p + _TILE].t())
+                for p in range(0, hw, tile):
+                    dst[:, p : p + tile].copy_(src[p : p + tile].t())
         return grad_input, None, None, None, None, None, None
 
 

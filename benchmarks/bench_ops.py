@@ -151,48 +151,29 @@ def _both(
     )
 
 
+def _fwd_and_bwd(
+    workload: str,
+    op: str,
+    x: torch.Tensor,
+    rc: Callable[[torch.Tensor], torch.Tensor] | None,
+    tv: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> list[Case]:
+    """The forward and the forward+backward rows of one op."""
+    return [_both(workload, op + (" fwd+bwd" if bwd else " fwd"), x, rc, tv, bwd) for bwd in (False, True)]
+
+
 def maskrcnn_box(device: torch.device, gen: torch.Generator) -> tuple[str, list[Case]]:
     x = feature_map(gen, (2, 256, 200, 272), device)
     rois = detection_boxes(gen, 1000, (800, 1088), 2).to(device)
     ra, rp, pr = _rc("roi_align"), _rc("roi_pool"), _rc("precise_roi_pool")
     args_align = (rois, 7, 1 / 4, 2, True)
-    cases = []
-    for backward in (False, True):
-        suffix = " fwd+bwd" if backward else " fwd"
-        cases.append(
-            _both(
-                "maskrcnn-box",
-                "roi_align" + suffix,
-                x,
-                ra and (lambda t: ra(t, *args_align)),
-                tv_ops and (lambda t: tv_ops.roi_align(t, *args_align)),
-                backward,
-            )
-        )
-    for backward in (False, True):
-        suffix = " fwd+bwd" if backward else " fwd"
-        cases.append(
-            _both(
-                "maskrcnn-box",
-                "roi_pool" + suffix,
-                x,
-                rp and (lambda t: rp(t, rois, 7, 1 / 4)),
-                tv_ops and (lambda t: tv_ops.roi_pool(t, rois, 7, 1 / 4)),
-                backward,
-            )
-        )
-    for backward in (False, True):
-        suffix = " fwd+bwd" if backward else " fwd"
-        cases.append(
-            _both(
-                "maskrcnn-box",
-                "precise_roi_pool" + suffix,
-                x,
-                pr and (lambda t: pr(t, rois, 7, 1 / 4, True)),
-                None,
-                backward,
-            )
-        )
+    cases = [
+        *_fwd_and_bwd("maskrcnn-box", "roi_align", x, ra and (lambda t: ra(t, *args_align)),
+                      tv_ops and (lambda t: tv_ops.roi_align(t, *args_align))),
+        *_fwd_and_bwd("maskrcnn-box", "roi_pool", x, rp and (lambda t: rp(t, rois, 7, 1 / 4)),
+                      tv_ops and (lambda t: tv_ops.roi_pool(t, rois, 7, 1 / 4))),
+        *_fwd_and_bwd("maskrcnn-box", "precise_roi_pool", x, pr and (lambda t: pr(t, rois, 7, 1 / 4, True)), None),
+    ]
     desc = (
         "input [2, 256, 200, 272] f32, K=1000 (sqrt area 32-512 px in 800x1088), scale 1/4, 7x7, roi_align sr=2 aligned"
     )
@@ -204,17 +185,8 @@ def maskrcnn_mask(device: torch.device, gen: torch.Generator) -> tuple[str, list
     rois = detection_boxes(gen, 100, (800, 1088), 2).to(device)
     ra = _rc("roi_align")
     args = (rois, 14, 1 / 4, 2, True)
-    cases = [
-        _both(
-            "maskrcnn-mask",
-            "roi_align" + (" fwd+bwd" if backward else " fwd"),
-            x,
-            ra and (lambda t: ra(t, *args)),
-            tv_ops and (lambda t: tv_ops.roi_align(t, *args)),
-            backward,
-        )
-        for backward in (False, True)
-    ]
+    tv = tv_ops and (lambda t: tv_ops.roi_align(t, *args))
+    cases = _fwd_and_bwd("maskrcnn-mask", "roi_align", x, ra and (lambda t: ra(t, *args)), tv)
     return "input [2, 256, 200, 272] f32, K=100, scale 1/4, 14x14, sr=2 aligned", cases
 
 

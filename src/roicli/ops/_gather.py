@@ -87,6 +87,7 @@ class _SeparableMean(torch.autograd.Function):
             else:
                 offsets = torch.cumsum(counts, 0) - counts
             wts = wts.to(dtype)
+            # Usually one chunk; a second one copies the groups again (cheaper than keeping all bags).
             for g, table in _channel_groups(input.detach(), dtype):
                 res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts)
                 out[e, g] = res.view(-1, ph, pw, res.shape[1]).permute(0, 3, 1, 2)

@@ -23,3 +23,15 @@ class UsageError(RoicliError):
     """Options that do not fit together (exit code 2, like a usage error)."""
 
     exit_code = 2
+
+
+class KernelUnavailable(RoicliError):
+    """A forced kernel implementation (ROICLI_KERNEL or `roicli.ops.kernels.use`) cannot run here."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every `finally`/cleanup runs, like Ctrl-C.
+
+    A BaseException (like KeyboardInterrupt), so that `except Exception` blocks do not swallow it."""
+
+    exit_code = 143

@@ -963,9 +963,9 @@ def test_empty_roi_list(tmp_path: Path, outdir: Path, command):
     assert json.loads(report.read_text())["rows"] == []
 
 
-def test_empty_roi_list_on_pyramid_and_empty_stdin(outdir: Path):
+def test_empty_roi_list_on_pyramid_from_stdin(outdir: Path):
     out = outdir / "o.safetensors"
-    result = run("align", PYRAMID, "-", "-o", out, "--json", input="")
+    result = run("align", PYRAMID, "-", "-o", out, "--json", input="[]")
     ok(result)
     tensors, _ = read_out(out)
     assert tensors["pooled"].shape == (0, 8, 7, 7)

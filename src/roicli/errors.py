@@ -35,3 +35,13 @@ class Terminated(BaseException):
     A BaseException (like KeyboardInterrupt), so that `except Exception` blocks do not swallow it."""
 
     exit_code = 143
+
+
+class ResourceError(RoicliError):
+    """The work cannot fit in the memory (or other resources) available; found before it starts."""
+
+
+class StdoutClosed(OutputError):
+    """The reader of stdout went away before all the data was written (EPIPE): exit 141, like SIGPIPE."""
+
+    exit_code = 141

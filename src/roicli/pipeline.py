@@ -141,13 +141,7 @@ def load_inputs(features: str, rois: str, spec: PoolSpec, rois_text: str | None 
         feats = features_from_safetensors(data, "stdin" if features == "-" else features, spec.key, scale)
     feats.levels = [t.to(device=dev, dtype=dt or t.dtype) for t in feats.levels]
     text = rois_text if rois_text is not None else read_input(rois)
-    roi_set = read_rois(
-        text,
-        "stdin" if rois == "-" else rois,
-        spec.box_format or "xyxy",
-        spec.rois_format,
-        box_format_given=spec.box_format is not None,
-    )
+    roi_set = read_rois(text, "stdin" if rois == "-" else rois, spec.box_format, spec.rois_format)
     n = feats.levels[0].shape[0]
     if len(roi_set) and int(roi_set.batch.max()) >= n:
         row = int((roi_set.batch >= n).nonzero()[0, 0])

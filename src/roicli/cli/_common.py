@@ -10,8 +10,10 @@ import traceback
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException  # typer vendors Click (>= 0.26); never import click
+from typer.core import TyperGroup
 
-from roicli.errors import RoicliError, UsageError
+from roicli.errors import RoicliError, Terminated, UsageError
 
 
 def stderr() -> Console:
@@ -26,6 +28,30 @@ def fail(message: str, code: int = 1, hint: str | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad choice, missing argument) as one line, `Error: ...`, exit 2,
+    like every other error; the help text is one `--help` away and the line says so."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `roicli` alone: the help, exit 2
+                typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
+                sys.exit(e.exit_code)
+            ctx = getattr(e, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = " ".join(e.format_message().split())
+            stderr().print(f"Error: {message}{where}", markup=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            stderr().print("Error: aborted", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def handle_errors(fn):
     """Turn roicli's errors into `Error: ...` on stderr and an exit code; no tracebacks
     unless ROICLI_DEBUG=1."""
@@ -38,14 +64,23 @@ def handle_errors(fn):
             if os.environ.get("ROICLI_DEBUG") == "1":
                 traceback.print_exc()
             raise fail(str(e), e.exit_code) from None
-        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, like other tools
+        except BrokenPipeError:  # the reader went away (`| head`): the data is incomplete, so say so
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(141) from None
+            raise fail("stdout: the reader closed the pipe; the output is incomplete", 141) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; no output was written", 130) from None
+            raise fail("interrupted; no partial output was left behind", 130) from None
+        except Terminated:
+            raise fail("terminated (SIGTERM); no partial output was left behind", Terminated.exit_code) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except RecursionError:
+            raise fail("input nested too deeply to read") from None
+        except MemoryError:
+            raise fail(
+                "out of memory",
+                hint="pool fewer RoIs at once (--chunk-size), split the job, or use a smaller --output-size",
+            ) from None
         except Exception as e:  # a bug: say so in one line, details on request
             if os.environ.get("ROICLI_DEBUG") == "1":
                 traceback.print_exc()

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from roicli.errors import InputError, UsageError
+from roicli.resources import check_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 _LEVEL_KEY = re.compile(r"^p(\d+)$")
@@ -134,7 +135,14 @@ def features_from_safetensors(
 def _as_nchw(t: torch.Tensor, source: str, key: str) -> torch.Tensor:
     if not t.is_floating_point():
         raise InputError(f"{source}: tensor {key!r} has dtype {t.dtype}; expected a floating-point feature map")
-    return t.unsqueeze(0) if t.dim() == 3 else t
+    t = t.unsqueeze(0) if t.dim() == 3 else t
+    empty = [name for name, n in zip("NCHW", t.shape) if n == 0]
+    if empty:
+        raise InputError(
+            f"{source}: tensor {key!r} has shape {tuple(t.shape)} ({', '.join(empty)} = 0); "
+            "expected a non-empty [N, C, H, W] feature map"
+        )
+    return t
 
 
 def _scales_from_metadata(meta: dict, keys: list[str], source: str) -> tuple[list[float], str]:
@@ -172,16 +180,30 @@ def features_from_image(
     stride: float | None = None,
     spatial_scale: float | None = None,
     device: torch.device | str = "cpu",
+    max_pixels: int | None = None,
 ) -> Features:
     """Run an image through the built-in filter bank, or a TorchScript backbone (`torch.jit.save`).
 
+    `max_pixels` refuses larger images (decompression bombs; default `io.images.MAX_PIXELS`).
     The built-in backbone has stride 8. A TorchScript backbone takes `Tensor[1, 3, H, W]` in [0, 1]
     and returns `Tensor[1, C, h, w]`; its stride is `--stride`, else inferred as H / h.
     """
     from roicli.backbone import FilterBankBackbone
-    from roicli.io.images import read_image
+    from roicli.io.images import DECODE_BYTES_PER_PIXEL, image_size, read_image
 
-    image = read_image(path).to(device)
+    if backbone == "builtin" and (stride is not None or spatial_scale is not None):
+        raise UsageError(
+            "--stride/--spatial-scale: the built-in backbone's stride is fixed at 8; "
+            "they apply to --backbone FILE or to feature files"
+        )
+    w, h = image_size(path, max_pixels)
+    per_pixel = DECODE_BYTES_PER_PIXEL + (FilterBankBackbone.bytes_per_pixel if backbone == "builtin" else 0)
+    check_memory(
+        w * h * per_pixel,
+        f"{path}: reading this {w}x{h} image" + (" and running the built-in backbone" if backbone == "builtin" else ""),
+        "downscale the image, or pool a feature file made elsewhere",
+    )
+    image = read_image(path, max_pixels).to(device)
     if backbone == "builtin":
         net, origin = FilterBankBackbone().to(device), "builtin backbone"
     else:

@@ -2,23 +2,57 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from roicli.errors import InputError
 
+# Larger images are refused before they are decoded (a "decompression bomb" is a small file that
+# decodes to gigabytes); --max-image-pixels raises the limit.
+MAX_PIXELS = 100_000_000
+# Peak bytes per pixel while decoding: pillow's RGB copy, numpy's float32 copy and the tensor.
+DECODE_BYTES_PER_PIXEL = 3 + 12 + 12
 
-def read_image(path: str) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
+
+def image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from the header, without decoding; refuses images over `max_pixels`."""
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
+def read_image(path: str, max_pixels: int | None = None) -> torch.Tensor:
+    with _open(path, max_pixels) as im:
+        try:
             im.load()
-            im = ImageOps.exif_transpose(im)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image: {e}") from None
-    return _to_rgb_tensor(im)
+            return _to_rgb_tensor(ImageOps.exif_transpose(im))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"{path}: cannot read image: {e}") from None
+
+
+@contextmanager
+def _open(path: str, max_pixels: int | None):
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # roicli's own limit replaces pillow's
+    try:
+        try:
+            im = Image.open(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InputError(f"{path}: cannot read image: {e}") from None
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                raise InputError(
+                    f"{path}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
+                    "(a guard against decompression bombs); --max-image-pixels N raises it"
+                )
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb_tensor(im: Image.Image) -> torch.Tensor:

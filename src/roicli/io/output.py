@@ -1,22 +1,44 @@
-"""Write outputs atomically (temp file in the same folder, then rename) or to stdout."""
+"""Write outputs atomically (temp file in the same folder, then rename) or to stdout, and read inputs.
+
+An exit code of 0 means every output is whole: file outputs appear only complete (temp file + rename,
+removed on every exit path, Ctrl-C and SIGTERM included), several outputs of one command land together
+or not at all, and every write to stdout is checked to the last byte.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from roicli.errors import OutputError, UsageError
+from roicli.errors import InputError, OutputError, StdoutClosed, UsageError
+
+Data = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
 
-def check_output(path: str, inputs: list[str], binary: bool = True) -> None:
-    """Refuse, before any work, outputs that cannot or must not be written."""
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def check_output(path: str, inputs: list[str], binary: bool = True, suffixes: Sequence[str] = ()) -> None:
+    """Refuse, before any work, outputs that cannot or must not be written. `suffixes`: the file
+    extensions this output may have (e.g. `.safetensors`), in lower case; empty allows any."""
+    if path == "":
+        raise UsageError("-o/--output: expected a file name or -, got an empty string")
     if path == "-":
         if binary and sys.stdout.isatty():
-            raise UsageError("refusing to write binary safetensors to a terminal; pipe it or use -o FILE")
+            raise UsageError("refusing to write binary data to a terminal; pipe it or use -o FILE")
         return
     p = Path(path)
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UsageError(f"{path}: roicli writes {', '.join(suffixes)} here, not {p.suffix or 'a file without one'!r}")
     if p.is_dir():
         raise OutputError(f"{path}: is a directory; expected a file name")
     for src in inputs:
@@ -29,38 +51,117 @@ def check_output(path: str, inputs: list[str], binary: bool = True) -> None:
         raise OutputError(f"{path}: not writable")
 
 
-def write_output(path: str, data: bytes, fsync: bool = True) -> None:
-    """Write `data` to `path` atomically, or to stdout for `-`. Nothing partial is ever left.
+def _parts(data: Data) -> list[memoryview]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = [data]
+    return [memoryview(d).cast("B") for d in data]
 
-    The rename alone makes the write atomic for readers and against a killed process; `fsync` also
-    makes it durable against a power cut before the rename (batch jobs turn it off for speed)."""
-    if path == "-":
-        out = sys.stdout.buffer
-        out.write(data)
-        out.flush()
-        return
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent if str(p.parent) else ".", prefix=f".{p.name}.", suffix=".tmp")
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a plain open() would give: the existing file's, else 0666 minus the umask."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException as e:  # includes KeyboardInterrupt: remove the temp file, keep the old output
-        Path(tmp).unlink(missing_ok=True)
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
+def write_stdout(data: Data) -> None:
+    """Write every byte to stdout or raise: a short write, a closed pipe or a full disk is an error."""
+    parts = _parts(data)
+    total, done = sum(p.nbytes for p in parts), 0
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests): its own write, checked
+        fd = None
+    try:
+        for part in parts:
+            while part.nbytes:
+                n = os.write(fd, part[: 1 << 24]) if fd is not None else sys.stdout.buffer.write(part)
+                if not n:
+                    raise OSError(0, "nothing was written")
+                done += n
+                part = part[n:]
+        if fd is None:
+            sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if fd is not None:
+            os.dup2(devnull, fd)  # nothing more reaches the closed pipe (nor a traceback at exit)
+        raise StdoutClosed(
+            f"stdout: the reader closed the pipe after {done} of {total} bytes; the output is incomplete"
+        ) from None
+    except OSError as e:
+        raise OutputError(
+            f"stdout: cannot write ({e.strerror}) after {done} of {total} bytes; the output is incomplete"
+        ) from None
+
+
+class _Staged:
+    """One output written to a hidden temp file beside its target, waiting for its rename."""
+
+    def __init__(self, path: str, data: Data, fsync: bool):
+        self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        fd, self.tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, _new_file_mode(self.path))
+            with os.fdopen(fd, "wb") as f:
+                for part in _parts(data):
+                    f.write(part)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def write_outputs(outputs: Iterable[tuple[str, Data]], fsync: bool = True) -> None:
+    """Write several outputs so that all land or none: each goes to its temp file first, stdout (`-`,
+    at most one) is written next, and only then are the files renamed into place. On any failure,
+    Ctrl-C or SIGTERM the temp files are removed and existing outputs keep their old contents.
+
+    The rename alone makes a write atomic for readers and against a killed process; `fsync` also makes
+    it durable against a power cut before the rename (batch jobs leave it off for speed)."""
+    staged: list[_Staged] = []
+    path = "-"
+    try:
+        to_stdout = None
+        for path, data in outputs:
+            if path == "-":
+                to_stdout = data
+            else:
+                staged.append(_Staged(path, data, fsync))
+        if to_stdout is not None:
+            path = "-"
+            write_stdout(to_stdout)
+        for s in staged:
+            path = str(s.path)
+            os.replace(s.tmp, s.path)
+    except BaseException as e:  # includes KeyboardInterrupt and Terminated
+        for s in staged:
+            s.discard()
         if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot write: {e.strerror}") from None
+            raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+
+
+def write_output(path: str, data: Data, fsync: bool = True) -> None:
+    """Write `data` (bytes, or a sequence of buffers written one after another) to `path` atomically,
+    or to stdout for `-`. Nothing partial is ever left."""
+    write_outputs([(path, data)], fsync)
 
 
 def read_input(path: str, binary: bool = False) -> bytes | str:
     """Read a whole input file, or stdin for `-`."""
-    from roicli.errors import InputError
-
     try:
         if path == "-":
+            if sys.stdin is None or sys.stdin.closed:
+                raise InputError("stdin: is closed; pipe the input in or give a file")
             data = sys.stdin.buffer.read()
         else:
             p = Path(path)
@@ -71,6 +172,8 @@ def read_input(path: str, binary: bool = False) -> bytes | str:
         raise InputError(f"{path}: no such file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
+    except OSError as e:  # e.g. stdin closed (`<&-`): EBADF
+        raise InputError(f"{'stdin' if path == '-' else path}: cannot read: {e.strerror or e}") from None
     if binary:
         return data
     source = "stdin" if path == "-" else path

@@ -32,6 +32,8 @@ _COORD_COLUMNS = [
     (("cx", "cy", "w", "h"), "cxcywh"),
 ]
 _BATCH_KEYS = ("batch", "image_index", "batch_index", "b")
+# Beyond 2**24 float32 (the ops' dtype) no longer holds every integer pixel position.
+MAX_COORDINATE = 2**24
 
 
 @dataclass
@@ -53,6 +55,17 @@ class RoiSet:
         """`Tensor[K, 5]` (batch index, x1, y1, x2, y2), as the ops take it."""
         return torch.cat([self.batch[:, None].double(), self.boxes], dim=1).to(dtype)
 
+    def duplicate_ids(self) -> list:
+        """Ids given to more than one RoI, in order of first appearance."""
+        seen: set = set()
+        dup: dict = {}
+        for i in self.ids:
+            key = (type(i).__name__, str(i))
+            if key in seen:
+                dup.setdefault(key, i)
+            seen.add(key)
+        return list(dup.values())
+
     def degenerate(self) -> list[int]:
         """Row numbers of zero-size or inverted boxes."""
         b = self.boxes
@@ -60,19 +73,29 @@ class RoiSet:
         return bad.nonzero().flatten().tolist()
 
 
-def read_rois(
-    text: str, source: str, box_format: str = "xyxy", rois_format: str = "auto",
-    box_format_given: bool = True,
-) -> RoiSet:
-    """Parse RoIs from `text` (the contents of `source`, used in error messages)."""
+def read_rois(text: str, source: str, box_format: str | None = None, rois_format: str = "auto") -> RoiSet:
+    """Parse RoIs from `text` (the contents of `source`, used in error messages).
+
+    `box_format`: xyxy, xywh or cxcywh; None takes it from a CSV header that implies one, else xyxy.
+    Empty input is an error; an explicit empty list (`[]`, `{"rois": []}`, a CSV header alone) gives
+    an empty RoiSet."""
+    box_format_given = box_format is not None
+    box_format = box_format or "xyxy"
     if box_format not in BOX_FORMATS:
         raise UsageError(f"--box-format: expected one of {', '.join(BOX_FORMATS)}, got {box_format!r}")
     if rois_format not in ROIS_FORMATS:
         raise UsageError(f"--rois-format: expected one of {', '.join(ROIS_FORMATS)}, got {rois_format!r}")
+    if not text.strip():
+        raise InputError(f"{source}: no RoIs: the input is empty (an explicit empty list, [], means no RoIs)")
     fmt = rois_format if rois_format != "auto" else _sniff(text, source)
     if fmt == "csv":
         records, implied = _read_csv(text, source)
-        if implied and not box_format_given:
+        if implied and box_format_given and implied != box_format:
+            raise InputError(
+                f"{source}: the CSV header names {implied} columns, but --box-format is {box_format}; "
+                "drop --box-format or rename the columns"
+            )
+        if implied:
             box_format = implied
     elif fmt == "jsonl":
         records = _read_jsonl(text, source)
@@ -112,6 +135,8 @@ def _read_json(text: str, source: str) -> list[tuple]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise InputError(f"{source}: JSON nested too deeply; expected a list of RoIs") from None
     if isinstance(data, dict):
         for key in ("rois", "boxes", "detections"):
             if key in data:
@@ -134,6 +159,8 @@ def json_lines(text: str, source: str) -> list[tuple[str, object]]:
             out.append((f"{source}: line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"{source}: invalid JSON at line {lineno}, column {e.colno}: {e.msg}") from None
+        except RecursionError:
+            raise InputError(f"{source}: line {lineno}: JSON nested too deeply") from None
     return out
 
 
@@ -240,9 +267,17 @@ def _is_float(s: str) -> bool:
 
 
 def _build(records: list[tuple], source: str, box_format: str) -> RoiSet:
-    for where, _, batch, *_ in records:
+    for where, coords, batch, *_ in records:
         if batch != int(batch) or batch < 0:
             raise InputError(f"{where}: batch index must be a non-negative integer, got {batch:g}")
+        if batch >= 2**31:
+            raise InputError(f"{where}: batch index {batch:g} is out of range")
+        big = next((x for x in coords if abs(x) > MAX_COORDINATE), None)
+        if big is not None:
+            raise InputError(
+                f"{where}: coordinate {big:g} is out of range; expected at most {MAX_COORDINATE:,} in absolute "
+                "value (no image is that large, and float32 cannot place a pixel there)"
+            )
     coords = torch.tensor([r[1] for r in records], dtype=torch.float64).reshape(-1, 4)
     boxes = to_xyxy(coords, box_format)
     scores = [r[4] for r in records]

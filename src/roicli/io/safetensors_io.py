@@ -32,6 +32,12 @@ def _raw(t: torch.Tensor) -> memoryview:
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    return b"".join(dump_parts(tensors, metadata))  # one copy of the data
+
+
+def dump_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> list[memoryview]:
+    """The file as a list of buffers (the 8-byte length + header, then each tensor's bytes), to be
+    written one after another without joining them: no second copy of a large output in memory."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
@@ -48,4 +54,4 @@ def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
         offset += data.nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return b"".join([struct.pack("<Q", len(text)), text, *blobs])  # one copy of the data
+    return [memoryview(struct.pack("<Q", len(text)) + text), *blobs]

@@ -724,7 +724,7 @@ def test_report_json_worked_example(outdir: Path):
         assert row[f"{axis}_quantized_size"] == 22
         assert row[f"{axis}_exact_size"] == pytest.approx(665 / 32)
         assert row[f"{axis}_exact_bin"] == pytest.approx(665 / 32 / 7)
-        assert row[f"{axis}_end_shift_px"] == pytest.approx(21 * 32 - 665)
+        assert row[f"{axis}_end_shift_px"] == pytest.approx(22 * 32 - 665)  # end cell 21 included (issue 9, item 11)
     # the pooled output itself is RoI Pool's
     tensors, _ = read_out(out)
     assert torch.equal(tensors["pooled"], roi_pool(load_file(VGG)["features"], rois_tensor([[0, 0, 665, 665]]), 7,
@@ -1135,7 +1135,8 @@ def test_shell_pipeline_bytes_match_file_output(tmp_path: Path):
 
 def test_shell_error_exit_code_and_no_traceback(tmp_path: Path):
     proc = subprocess.run(
-        [roicli_script(), "align", str(tmp_path / "nope.safetensors"), str(ROIS_JSON), "-o", str(tmp_path / "o.st")],
+        [roicli_script(), "align", str(tmp_path / "nope.safetensors"), str(ROIS_JSON),
+         "-o", str(tmp_path / "o.safetensors")],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 1

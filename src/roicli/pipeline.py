@@ -7,6 +7,7 @@ It reads files and calls the ops; it never prints (callers report warnings and p
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -19,10 +20,11 @@ from roicli.errors import InputError, UsageError
 from roicli.io.features import Features, features_from_image, features_from_safetensors, is_image_path
 from roicli.io.output import read_input
 from roicli.io.rois import RoiSet, read_rois
-from roicli.io.safetensors_io import dumps
+from roicli.io.safetensors_io import dump_parts, dumps
 from roicli.ops import fpn_levels, pool_levels, precise_roi_pool, roi_align, roi_pool
 from roicli.ops._validate import compute_dtype
 from roicli.report import pool_geometry
+from roicli.resources import check_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPS = ("align", "pool", "precise")
@@ -60,12 +62,12 @@ def scale_option(spatial_scale: float | None, stride: float | None) -> float | N
     if spatial_scale is not None and stride is not None:
         raise UsageError("give --spatial-scale or --stride, not both")
     if spatial_scale is not None:
-        if not spatial_scale > 0:
-            raise UsageError(f"--spatial-scale: expected a positive number, got {spatial_scale}")
+        if not 0 < spatial_scale < math.inf:
+            raise UsageError(f"--spatial-scale: expected a finite positive number, got {spatial_scale}")
         return spatial_scale
     if stride is not None:
-        if not stride > 0:
-            raise UsageError(f"--stride: expected a positive number, got {stride}")
+        if not 0 < stride < math.inf:
+            raise UsageError(f"--stride: expected a finite positive number, got {stride}")
         return 1.0 / stride
     return None
 
@@ -90,6 +92,7 @@ class PoolSpec:
     canonical_size: float = 224
     canonical_level: int = 4
     chunk_size: int = 512
+    max_image_pixels: int | None = None  # None: io.images.MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -98,6 +101,12 @@ class PoolSpec:
             raise UsageError(f"--mode: expected avg or max, got {self.mode!r}")
         if self.chunk_size <= 0:
             raise UsageError(f"--chunk-size: expected a positive number, got {self.chunk_size}")
+        if not 0 < self.canonical_size < math.inf:
+            raise UsageError(f"--canonical-size: expected a finite positive number, got {self.canonical_size}")
+        if self.canonical_level < 0:
+            raise UsageError(f"--canonical-level: expected 0 or more, got {self.canonical_level}")
+        if self.max_image_pixels is not None and self.max_image_pixels <= 0:
+            raise UsageError(f"--max-image-pixels: expected a positive number, got {self.max_image_pixels}")
 
     def params(self) -> dict:
         """The op's own parameters, as recorded in the output."""
@@ -135,7 +144,9 @@ def load_inputs(features: str, rois: str, spec: PoolSpec, rois_text: str | None 
     if features != "-" and is_image_path(features):
         if spec.key:
             raise UsageError("--key applies to safetensors feature files, not to images")
-        feats = features_from_image(features, spec.backbone, spec.stride, spec.spatial_scale, dev)
+        feats = features_from_image(
+            features, spec.backbone, spec.stride, spec.spatial_scale, dev, spec.max_image_pixels
+        )
     else:
         data = read_input(features, binary=True)
         feats = features_from_safetensors(data, "stdin" if features == "-" else features, spec.key, scale)
@@ -160,9 +171,18 @@ class PoolResult:
     inputs: Inputs
     levels: torch.Tensor  # [K] pyramid level of each RoI (0 for one map)
     degenerate: list[int] = field(default_factory=list)  # rows of zero-size or inverted boxes
+    outside: list[int] = field(default_factory=list)  # rows of boxes entirely outside their map
 
     def to_bytes(self) -> bytes:
         return dumps(self.tensors, self.metadata)
+
+    def to_parts(self) -> list[memoryview]:
+        """The safetensors file as buffers to write one after another (no joined copy)."""
+        return dump_parts(self.tensors, self.metadata)
+
+    def warnings(self) -> list[str]:
+        """What a user should hear about the RoIs (each message one line, without "Warning: ")."""
+        return roi_warnings(self.inputs.rois, self.degenerate, self.outside)
 
     def geometry_rows(self, spec: PoolSpec) -> list[dict]:
         """RoI Pool's per-RoI quantization geometry (the `--report`)."""
@@ -204,11 +224,12 @@ def pool_job(
     t0 = time.perf_counter()
     inputs = load_inputs(features, rois, spec, rois_text)
     feats, roi_set = inputs.features, inputs.rois
-    bad = roi_set.degenerate()
-    if bad and strict:
-        names = ", ".join(repr(roi_set.ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise InputError(f"{roi_set.source}: {len(bad)} zero-size or inverted box(es) (ids {names})")
+    check_pool_memory(feats, len(roi_set), spec)
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
+    bad, outside = roi_set.degenerate(), outside_rows(inputs, levels)
+    if strict and (bad or outside):
+        what, rows = ("zero-size or inverted box(es)", bad) if bad else ("box(es) entirely outside the map", outside)
+        raise InputError(f"{roi_set.source}: {len(rows)} {what} (ids {_names(roi_set.ids, rows)})")
     pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
     seconds = time.perf_counter() - t0
 
@@ -260,24 +281,77 @@ def pool_job(
     if feats.is_pyramid:
         counts = torch.bincount(levels.cpu(), minlength=len(feats.keys)).tolist()
         summary["rois_per_level"] = dict(zip(feats.keys, counts))
-    return PoolResult(tensors, meta, summary, inputs, levels, bad)
+    return PoolResult(tensors, meta, summary, inputs, levels, bad, outside)
+
+
+def _names(ids: list, rows: list[int]) -> str:
+    return ", ".join(repr(ids[i]) for i in rows[:5]) + (" ..." if len(rows) > 5 else "")
+
+
+def roi_warnings(roi_set: RoiSet, degenerate: list[int], outside: list[int]) -> list[str]:
+    """The warnings every command gives about a RoI set (`--strict` turns the first two into errors)."""
+    out = []
+    if degenerate:
+        out.append(
+            f"{len(degenerate)} zero-size or inverted box(es) (ids {_names(roi_set.ids, degenerate)}); pooled as "
+            "given (they sample a degenerate region; --strict makes this an error)"
+        )
+    if outside:
+        out.append(
+            f"{len(outside)} box(es) entirely outside the feature map (ids {_names(roi_set.ids, outside)}); "
+            "pooled as given (zeros or edge values; --strict makes this an error)"
+        )
+    dup = roi_set.duplicate_ids()
+    if dup:
+        shown = ", ".join(repr(i) for i in dup[:5]) + (" ..." if len(dup) > 5 else "")
+        out.append(f"{roi_set.source}: {len(dup)} id(s) given to more than one RoI ({shown})")
+    return out
+
+
+def outside_rows(inputs: Inputs, levels: torch.Tensor) -> list[int]:
+    """Rows of boxes that do not overlap their feature map at all (in image coordinates: the map of
+    level l covers [0, W_l / scale_l] x [0, H_l / scale_l])."""
+    feats, b = inputs.features, inputs.rois.boxes  # [K, 4] float64
+    if b.shape[0] == 0:
+        return []
+    lv = levels.cpu()
+    extent = torch.tensor(
+        [[t.shape[-1] / s, t.shape[-2] / s] for t, s in zip(feats.levels, feats.scales)], dtype=torch.float64
+    )[lv]  # [K, 2]: width, height in image px
+    out = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= extent[:, 0]) | (b[:, 1] >= extent[:, 1])
+    return out.nonzero().flatten().tolist()
+
+
+def check_pool_memory(feats: Features, k: int, spec: PoolSpec) -> None:
+    """Refuse, before any pooling, an output (plus one chunk's working memory) that cannot fit."""
+    ph, pw = spec.output_size
+    c = feats.levels[0].shape[1]
+    dtype = resolve_dtype(spec.dtype) or feats.levels[0].dtype
+    per_roi = c * ph * pw * torch.empty((), dtype=dtype).element_size()
+    output = k * per_roi
+    working = min(k, spec.chunk_size) * per_roi * 3 + (64 << 20)  # chunk results, op scratch
+    hint = (
+        "pool fewer RoIs per run (split the RoI file, or roicli batch --shard-rois N) or use a smaller --output-size"
+        if output >= working
+        else "use a smaller --chunk-size or --output-size"
+    )
+    check_memory(output + working, f"the output ({k} x {c} x {ph} x {pw} {str(dtype)[6:]}) plus working memory", hint)
 
 
 def _pool_in_chunks(spec: PoolSpec, feats: Features, boxes, levels, progress) -> torch.Tensor:
     """Pool `spec.chunk_size` RoIs at a time (bounded memory); results on the CPU in input order."""
     k = boxes.shape[0]
     op = spec.op_fn()
-    if k == 0:
-        return torch.zeros((0, feats.levels[0].shape[1], *spec.output_size), dtype=feats.levels[0].dtype)
-    chunks = []
+    first = feats.levels[0]
+    out = torch.empty((k, first.shape[1], *spec.output_size), dtype=first.dtype)  # [K, C, PH, PW], all filled below
     with torch.no_grad():
         for s in range(0, k, spec.chunk_size):
             r, lv = boxes[s : s + spec.chunk_size], levels[s : s + spec.chunk_size]
             if feats.is_pyramid:
                 res = pool_levels(op, feats.levels, r, lv, feats.scales)
             else:
-                res = op(feats.levels[0], r, feats.scales[0])
-            chunks.append(res.cpu())
+                res = op(first, r, feats.scales[0])
+            out[s : s + res.shape[0]] = res
             if progress:
                 progress(min(s + spec.chunk_size, k), k)
-    return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    return out

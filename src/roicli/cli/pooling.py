@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.progress import Progress
 
 from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
-from roicli.cli.render import format_for_path, render_text
 from roicli.errors import UsageError
-from roicli.io.output import check_output, write_output
-from roicli.pipeline import PoolSpec, pool_job
+from roicli.io.output import check_output, write_outputs
+
+if TYPE_CHECKING:  # torch is imported inside the commands, so that `--help` stays fast
+    from roicli.pipeline import PoolSpec
+
+OUTPUT_SUFFIXES = (".safetensors",)
+REPORT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
 
 # Options shared by the three commands (declared once).
 Features = Annotated[
-    str, typer.Argument(help="Feature file (.safetensors), an image, or - for safetensors bytes on stdin.")
+    str,
+    typer.Argument(
+        metavar="FEATURES", help="Feature file (.safetensors), an image, or - for safetensors bytes on stdin."
+    ),
 ]
-Rois = Annotated[str, typer.Argument(help="RoIs: JSON, JSON Lines or CSV file, or - for stdin.")]
+Rois = Annotated[str, typer.Argument(metavar="ROIS", help="RoIs: JSON, JSON Lines or CSV file, or - for stdin.")]
 Output = Annotated[
     str, typer.Option("-o", "--output", help="Output .safetensors file, or - for stdout (not a terminal).")
 ]
@@ -37,12 +44,25 @@ Backbone = Annotated[
     str, typer.Option(help="For image inputs: 'builtin' (fixed filter bank, stride 8) or a TorchScript file.")
 ]
 BoxFormat = Annotated[
-    str | None, typer.Option(help="xyxy (default), xywh (COCO) or cxcywh. CSV headers x,y,w,h / cx,cy,w,h imply it.")
+    Literal["xyxy", "xywh", "cxcywh"] | None,
+    typer.Option(help="xyxy (default), xywh (COCO) or cxcywh. CSV headers x,y,w,h / cx,cy,w,h imply it."),
 ]
-RoisFormat = Annotated[str, typer.Option(help="auto (sniffed), json, jsonl or csv.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N or mps.")]
+RoisFormat = Annotated[
+    Literal["auto", "json", "jsonl", "csv"], typer.Option(help="auto (sniffed from the name and contents).")
+]
+Device = Annotated[
+    str, typer.Option(metavar="auto|cpu|cuda|cuda:N|mps", help="auto: CUDA when available, else the CPU.")
+]
 Dtype = Annotated[
-    str | None, typer.Option(help="Compute dtype: float32, float64, float16, bfloat16. Default: the features'.")
+    Literal["float32", "float64", "float16", "bfloat16"] | None,
+    typer.Option(help="Compute dtype. Default: the features'."),
+]
+Mode = Annotated[
+    Literal["avg", "max"], typer.Option(help="avg (torchvision) or max (mmcv's max of the bilinear samples).")
+]
+MaxImagePixels = Annotated[
+    int | None,
+    typer.Option(help="Image inputs larger than this are refused (a decompression bomb guard). Default: 100000000."),
 ]
 CanonicalSize = Annotated[
     float, typer.Option(help="Pyramids: a box of this many pixels (sqrt of area) goes to --canonical-level.")
@@ -51,7 +71,9 @@ CanonicalLevel = Annotated[int, typer.Option(help="Pyramids: FPN level of a cano
 Report = Annotated[
     str | None, typer.Option(help="Write RoI Pool's per-RoI quantization geometry to FILE.json or FILE.csv.")
 ]
-Strict = Annotated[bool, typer.Option("--strict", help="Fail on zero-size or inverted boxes instead of warning.")]
+Strict = Annotated[
+    bool, typer.Option("--strict", help="Fail on zero-size, inverted or off-map boxes instead of warning.")
+]
 ChunkSize = Annotated[int, typer.Option(help="RoIs pooled at once (bounds memory).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of text on stderr.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, summary or warnings on stderr.")]
@@ -82,7 +104,7 @@ def align(
             "Detectron2 uses --aligned.",
         ),
     ] = False,
-    mode: Annotated[str, typer.Option(help="avg (torchvision) or max (mmcv's max of the bilinear samples).")] = "avg",
+    mode: Mode = "avg",
     key: Key = None,
     backbone: Backbone = "builtin",
     box_format: BoxFormat = None,
@@ -94,6 +116,7 @@ def align(
     report: Report = None,
     strict: Strict = False,
     chunk_size: ChunkSize = 512,
+    max_image_pixels: MaxImagePixels = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -122,6 +145,7 @@ def pool(
     report: Report = None,
     strict: Strict = False,
     chunk_size: ChunkSize = 512,
+    max_image_pixels: MaxImagePixels = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -153,6 +177,7 @@ def precise(
     report: Report = None,
     strict: Strict = False,
     chunk_size: ChunkSize = 512,
+    max_image_pixels: MaxImagePixels = None,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -164,14 +189,21 @@ def precise(
 
 def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, quiet, **_) -> None:
     """The recipe every pooling command follows."""
+    from rich.progress import Progress
+
+    from roicli.cli.render import format_for_path, render_text
+    from roicli.pipeline import pool_job
+
     if json_out and output == "-":
         raise UsageError("--json prints the summary on stdout, which -o - already uses for data")
     if report == "-" and (output == "-" or json_out):
         raise UsageError("--report -: stdout already carries " + ("the data (-o -)" if output == "-" else "--json"))
     inputs = [features, rois, spec.backbone if spec.backbone != "builtin" else ""]
-    check_output(output, inputs)
+    check_output(output, inputs, suffixes=OUTPUT_SUFFIXES)
     if report:
-        check_output(report, [*inputs, output], binary=False)
+        check_output(report, [*inputs, output], binary=False, suffixes=REPORT_SUFFIXES)
+        if report != "-" and output != "-" and Path(report).resolve() == Path(output).resolve():
+            raise UsageError(f"--report {report}: is also the output (-o)")
     console = stderr()
     with Progress(disable=not show_progress(quiet or json_out), transient=True, console=console) as bar:
         task = bar.add_task(f"roicli {spec.op}", total=None)
@@ -183,24 +215,20 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     roi_set = result.inputs.rois
-    if result.degenerate and not quiet:
-        bad = result.degenerate
-        names = ", ".join(repr(roi_set.ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        console.print(
-            f"Warning: {len(bad)} zero-size or inverted box(es) (ids {names}); pooled as given "
-            "(they sample a degenerate region; --strict makes this an error)",
-            markup=False,
-        )
+    if not quiet:
+        for message in result.warnings():
+            console.print(f"Warning: {message}", markup=False)
     if len(roi_set) == 0 and not quiet:
         console.print(f"Notice: {roi_set.source} holds no RoIs; writing an empty result", markup=False)
-    write_output(output, result.to_bytes())
+    outputs = [(output, result.to_parts())]
     if report:
         text = render_text(
             result.geometry_rows(spec),
             format_for_path(report),
             header={"op": "roi_pool geometry", "output_size": result.metadata["output_size"]},
         )
-        write_output(report, text.encode())
+        outputs.append((report, text.encode()))
+    write_outputs(outputs)  # all land, or none
     summary = {**result.summary, "output": output}
     if json_out:
         typer.echo(json.dumps(summary))
@@ -215,6 +243,8 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
 
 
 def _spec(op: str, opts: dict, **params) -> PoolSpec:
+    from roicli.pipeline import PoolSpec
+
     return PoolSpec(
         op=op,
         output_size=parse_output_size(opts["output_size"]),
@@ -229,5 +259,6 @@ def _spec(op: str, opts: dict, **params) -> PoolSpec:
         canonical_size=opts["canonical_size"],
         canonical_level=opts["canonical_level"],
         chunk_size=opts["chunk_size"],
+        max_image_pixels=opts["max_image_pixels"],
         **params,
     )

@@ -9,9 +9,7 @@ Tensor keys `p2`, `p3`, ... (FPN's names) also form a pyramid, with stride 2**k 
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from safetensors.torch import load as st_load
 
 from roicli.errors import InputError, UsageError
+from roicli.io.header import parse_header
 from roicli.resources import check_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -44,24 +43,8 @@ class Features:
 
 def read_safetensors_header(data: bytes, source: str) -> tuple[dict, dict]:
     """Validate the framing of a safetensors blob; return (tensor entries, metadata)."""
-    if len(data) < 8:
-        raise InputError(f"{source}: not a safetensors file (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8 or n > 100_000_000:
-        raise InputError(f"{source}: not a safetensors file, or a truncated one (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"{source}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise InputError(f"{source}: not a safetensors file (header is not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    end = max((e["data_offsets"][1] for e in header.values() if isinstance(e, dict)), default=0)
-    if 8 + n + end > len(data):
-        raise InputError(
-            f"{source}: truncated safetensors file: tensors need {end} bytes of data, found {len(data) - 8 - n}"
-        )
-    return header, metadata
+    header = parse_header(data, source, len(data))
+    return header.entries, header.metadata
 
 
 def load_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -37,8 +37,6 @@ def check_output(path: str, inputs: list[str], binary: bool = True, suffixes: Se
             raise UsageError("refusing to write binary data to a terminal; pipe it or use -o FILE")
         return
     p = Path(path)
-    if suffixes and p.suffix.lower() not in suffixes:
-        raise UsageError(f"{path}: roicli writes {', '.join(suffixes)} here, not {p.suffix or 'a file without one'!r}")
     if p.is_dir():
         raise OutputError(f"{path}: is a directory; expected a file name")
     for src in inputs:
@@ -49,6 +47,9 @@ def check_output(path: str, inputs: list[str], binary: bool = True, suffixes: Se
         raise OutputError(f"{path}: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise OutputError(f"{path}: not writable")
+    if suffixes and p.suffix.lower() not in suffixes:
+        got = f"{p.suffix!r}" if p.suffix else "a name without an extension"
+        raise UsageError(f"{path}: roicli writes {', '.join(suffixes)} files here; got {got}")
 
 
 def _parts(data: Data) -> list[memoryview]:

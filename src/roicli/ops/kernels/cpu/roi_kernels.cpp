@@ -1,0 +1,846 @@
+// Fused CPU kernels of roicli's ops: roi_align (avg, max), roi_pool and precise_roi_pool, forward and
+// backward. The contract is the kernel seam's (roicli/ops/kernels/__init__.py, notes in cpp.py):
+// inputs are validated by the front door; `rois` is Tensor[K, 5] (batch, x1, y1, x2, y2) in the
+// accumulation dtype (float32 for float32/float16/bfloat16 maps, float64 for float64 maps).
+//
+// Shape of the work (the same for every op):
+//   * Geometry first, once per call and serially (it is small): for every RoI and axis, the taps of
+//     each bin, computed in the rois' dtype in torchvision's order of operations. Built with
+//     -ffp-contract=off, so no multiply-add is fused and sample positions agree to the last bit.
+//   * Then ONE parallel region (at::parallel_for over the threads of torch.get_num_threads()); the
+//     threads pull work items from an atomic counter, so a thread slowed by a busy core takes fewer.
+//     A forward item is (image n, block of CB channels, chunk of that image's RoIs); a backward item
+//     is (image n, block of CB channels) and owns grad_input[n, block] alone: no atomics, and every
+//     sum runs in a fixed order whatever the number of threads (deterministic).
+//   * An item reads its channel block through a small channels-last buffer [rows, cols, CB] covering
+//     only the pixels its RoIs touch (a channels-last input of the accumulation dtype is read in
+//     place). Each tap is then one contiguous load of CB channels, and the CB lanes vectorize.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CB = 8;  // channels per block (one SIMD register of float32 lanes on AVX2)
+constexpr int64_t kKeepScratch = int64_t(1) << 22;  // elements of scratch a thread keeps between calls
+
+template <typename S>
+using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// ------------------------------------------------------------------------------------------------
+// work distribution and scratch
+// ------------------------------------------------------------------------------------------------
+template <typename F>
+void run_items(int64_t n_items, const F& f) {
+  if (n_items <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) f(i);
+  });
+}
+
+// A per-thread buffer of at least n elements (kept across calls while small; `Tag` separates buffers).
+template <typename A, int Tag>
+struct Scratch {
+  std::vector<A> local;
+  A* get(int64_t n) {
+    thread_local std::vector<A> kept;
+    if (n <= kKeepScratch) {
+      if (int64_t(kept.size()) < n) kept.resize(n);
+      return kept.data();
+    }
+    local.resize(n);
+    return local.data();
+  }
+};
+
+struct Box {  // pixels [y0, y1) x [x0, x1)
+  int64_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;
+  bool empty() const { return y1 <= y0 || x1 <= x0; }
+  void add(const Box& o) {
+    if (o.empty()) return;
+    if (empty()) {
+      *this = o;
+      return;
+    }
+    y0 = std::min(y0, o.y0), y1 = std::max(y1, o.y1), x0 = std::min(x0, o.x0), x1 = std::max(x1, o.x1);
+  }
+};
+
+// RoIs grouped by image, in their order: image n has order[start[n] .. start[n + 1]).
+template <typename T>
+struct ByImage {
+  std::vector<int64_t> order, start, batch;
+  ByImage(const T* rois, int64_t k, int64_t n) : order(k), start(n + 1, 0), batch(k) {
+    for (int64_t i = 0; i < k; ++i) {
+      batch[i] = std::min<int64_t>(std::max<int64_t>(int64_t(rois[i * 5]), 0), n - 1);
+      ++start[batch[i] + 1];
+    }
+    for (int64_t i = 0; i < n; ++i) start[i + 1] += start[i];
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < k; ++i) order[fill[batch[i]]++] = i;
+  }
+};
+
+// A view of one channel block: tap (y, x) of lane c is at ptr[(y - y0) * rs + (x - x0) * ps + c].
+template <typename A>
+struct View {
+  const A* ptr;
+  int64_t rs, ps, y0, x0;
+  const A* at(int64_t y, int64_t x) const { return ptr + (y - y0) * rs + (x - x0) * ps; }
+};
+
+struct Planes {  // a [N, C, H, W] tensor's strides
+  int64_t sn, sc, sh, sw;
+  explicit Planes(const at::Tensor& t) : sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
+};
+
+// Channels [c0, c0 + cn) of image n over `box`, channels-last in the accumulation dtype: read in place
+// when the input already is, else copied into `buf` ([rows, cols, CB], lanes past cn zero).
+template <typename S, typename A>
+View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn, const Box& box, A* buf) {
+  const S* src = in + n * st.sn + c0 * st.sc;
+  if constexpr (std::is_same_v<S, A>) {
+    if (st.sc == 1 && cn == CB) return View<A>{src, st.sh, st.sw, 0, 0};
+  }
+  const int64_t bw = box.x1 - box.x0;
+  for (int64_t y = box.y0; y < box.y1; ++y) {
+    A* row = buf + (y - box.y0) * bw * CB;
+    const S* line = src + y * st.sh + box.x0 * st.sw;
+    if (st.sc < st.sw) {  // channels nearer in memory than pixels: read each pixel's channels
+      for (int64_t x = 0; x < bw; ++x)
+        for (int64_t c = 0; c < CB; ++c) row[x * CB + c] = c < cn ? A(line[x * st.sw + c * st.sc]) : A(0);
+    } else {  // planar: read each channel's row
+      for (int64_t c = 0; c < cn; ++c)
+        for (int64_t x = 0; x < bw; ++x) row[x * CB + c] = A(line[c * st.sc + x * st.sw]);
+      for (int64_t c = cn; c < CB; ++c)
+        for (int64_t x = 0; x < bw; ++x) row[x * CB + c] = A(0);
+    }
+  }
+  return View<A>{buf, bw * CB, CB, box.y0, box.x0};
+}
+
+// grad_input[n, c0:c0+cn] (contiguous [N, C, H, W]) from the channels-last sums `acc` over `box`; zero elsewhere.
+template <typename S, typename A>
+void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, int64_t cn, const Box& box,
+                 const A* acc) {
+  const int64_t bw = box.x1 - box.x0;
+  for (int64_t j = 0; j < cn; ++j) {
+    S* plane = gi + ((n * c) + c0 + j) * h * w;
+    for (int64_t y = 0; y < h; ++y) {
+      S* row = plane + y * w;
+      if (box.empty() || y < box.y0 || y >= box.y1) {
+        std::fill(row, row + w, S(0));
+        continue;
+      }
+      std::fill(row, row + box.x0, S(0));
+      const A* src = acc + (y - box.y0) * bw * CB + j;
+      for (int64_t x = 0; x < bw; ++x) row[box.x0 + x] = S(src[x * CB]);
+      std::fill(row + box.x1, row + w, S(0));
+    }
+  }
+}
+
+// The forward's item list: (image, channel block, RoI chunk), chunks only when blocks are too few.
+struct Items {
+  int64_t blocks, chunks;
+  std::vector<int64_t> images;  // images with RoIs
+  template <typename T>
+  Items(const ByImage<T>& by, int64_t n, int64_t c) : blocks((c + CB - 1) / CB) {
+    for (int64_t i = 0; i < n; ++i)
+      if (by.start[i + 1] > by.start[i]) images.push_back(i);
+    const int64_t want = 4 * int64_t(at::get_num_threads());
+    const int64_t have = int64_t(images.size()) * blocks;
+    chunks = have >= want || have == 0 ? 1 : (want + have - 1) / have;
+  }
+  int64_t count() const { return int64_t(images.size()) * blocks * chunks; }
+};
+
+// Runs f(n, c0, cn, first, last) over the forward's items: RoIs order[first..last) of image n.
+template <typename T, typename F>
+void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, const F& f) {
+  Items items(by, n, c);
+  run_items(items.count(), [&](int64_t i) {
+    const int64_t chunk = i % items.chunks;
+    const int64_t block = i / items.chunks % items.blocks;
+    const int64_t img = items.images[i / items.chunks / items.blocks];
+    const int64_t a = by.start[img], b = by.start[img + 1];
+    const int64_t step = (b - a + items.chunks - 1) / items.chunks;
+    const int64_t first = std::min(b, a + chunk * step), last = std::min(b, first + step);
+    if (first < last) f(img, block * CB, std::min(CB, c - block * CB), first, last);
+  });
+}
+
+// Runs f(n, c0, cn) over every (image, channel block): the backward's items.
+template <typename F>
+void for_each_block(int64_t n, int64_t c, const F& f) {
+  const int64_t blocks = (c + CB - 1) / CB;
+  run_items(n * blocks, [&](int64_t i) {
+    const int64_t block = i % blocks;
+    f(i / blocks, block * CB, std::min(CB, c - block * CB));
+  });
+}
+
+// The grad tile of RoI k: g[bin][lane] = grad[k, c0 + lane, bin] in the accumulation dtype.
+template <typename S, typename A>
+void grad_tile(const S* grad, const at::Tensor& g, int64_t k, int64_t c0, int64_t cn, int64_t pw_, A* tile) {
+  const int64_t bins = g.size(2) * pw_;
+  const int64_t sk = g.stride(0), sc = g.stride(1), sh = g.stride(2), sw = g.stride(3);
+  for (int64_t b = 0; b < bins; ++b) {
+    const S* src = grad + k * sk + c0 * sc + (b / pw_) * sh + (b % pw_) * sw;
+    for (int64_t j = 0; j < CB; ++j) tile[b * CB + j] = j < cn ? A(src[j * sc]) : A(0);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoI Align geometry (torchvision's order of operations; see ops/roi_align.py: align_taps)
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+struct Tap {  // one sample along one axis: pixels lo, hi with weights wlo = 1 - frac, whi = frac
+  int32_t lo, hi;
+  T wlo, whi;
+  bool valid;  // inside [-1, size]
+};
+
+template <typename T>
+struct AlignAxis {
+  std::vector<Tap<T>> taps;             // per RoI: [P, G] from offset[k]
+  std::vector<int64_t> grid, offset;    // per RoI
+  std::vector<std::pair<int64_t, int64_t>> span;  // per RoI: pixels [lo, hi) its valid samples touch
+
+  AlignAxis(const T* rois, int64_t k, int col_start, double spatial_scale, int64_t pooled, int64_t sampling_ratio,
+            bool aligned, int64_t size)
+      : grid(k), offset(k), span(k) {
+    const T scale = T(spatial_scale);
+    const T off = aligned ? T(0.5) : T(0);
+    for (int64_t r = 0; r < k; ++r) {
+      const T start = rois[r * 5 + col_start], end = rois[r * 5 + col_start + 2];
+      const T lo = start * scale - off;
+      T length = end * scale - off - lo;
+      if (!aligned) length = std::max(length, T(1));
+      const T bin = length / T(pooled);
+      int64_t g = sampling_ratio;
+      if (g <= 0) {
+        const T up = std::ceil(bin);
+        g = up <= T(0) ? 0 : up >= T(1 << 24) ? (1 << 24) : int64_t(up);
+      }
+      grid[r] = g;
+      offset[r] = int64_t(taps.size());
+      int64_t smin = size, smax = 0;
+      for (int64_t p = 0; p < pooled; ++p) {
+        for (int64_t i = 0; i < g; ++i) {
+          T pos = (lo + T(p) * bin) + ((T(i) + T(0.5)) * bin) / T(g);
+          Tap<T> t{0, 0, T(0), T(0), false};
+          if (pos >= T(-1) && pos <= T(size) && size > 0) {
+            pos = std::max(pos, T(0));
+            int64_t low = int64_t(pos);
+            T frac;
+            if (low >= size - 1) {
+              low = size - 1;
+              frac = T(0);
+              t.hi = int32_t(low);
+            } else {
+              frac = pos - T(low);
+              t.hi = int32_t(low + 1);
+            }
+            t.lo = int32_t(low);
+            t.wlo = T(1) - frac;
+            t.whi = frac;
+            t.valid = true;
+            smin = std::min<int64_t>(smin, t.lo);
+            smax = std::max<int64_t>(smax, t.hi + 1);
+          }
+          taps.push_back(t);
+        }
+      }
+      span[r] = {smin, smax};
+    }
+  }
+  const Tap<T>* bin(int64_t r, int64_t p) const { return taps.data() + offset[r] + p * grid[r]; }
+  Box box(int64_t r, const AlignAxis& x) const {
+    return Box{span[r].first, span[r].second, x.span[r].first, x.span[r].second};
+  }
+};
+
+template <typename S>
+std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
+                                                      int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode) {
+  using A = acc_t<S>;
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  at::Tensor argmax = max_mode ? at::empty({k, c, ph, pw}, input.options().dtype(at::kLong))
+                               : at::empty({0}, input.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, argmax};
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  const AlignAxis<A> ay(r, k, 2, scale, ph, sr, aligned, h), ax(r, k, 1, scale, pw, sr, aligned, w);
+  const S* in = input.data_ptr<S>();
+  const Planes st(input);
+  S* o = out.data_ptr<S>();
+  int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
+  const int64_t bins = ph * pw;
+  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+    Box box;
+    for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sbuf;
+    Scratch<A, 1> sres;
+    Scratch<int64_t, 2> sarg;
+    const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
+                                  : channel_block<S, A>(in, st, img, c0, cn, box,
+                                                        sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    A* res = sres.get(bins * CB);  // [PH * PW, CB]
+    int64_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t roi = by.order[i];
+      const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
+      const A count = A(std::max<int64_t>(gy * gx, 1));
+      for (int64_t y = 0; y < ph; ++y) {
+        const Tap<A>* ty = ay.bin(roi, y);
+        for (int64_t x = 0; x < pw; ++x) {
+          const Tap<A>* tx = ax.bin(roi, x);
+          A* acc = res + (y * pw + x) * CB;
+          if (!max_mode) {
+            A sum[CB] = {};
+            for (int64_t iy = 0; iy < gy; ++iy) {
+              if (!ty[iy].valid) continue;
+              for (int64_t ix = 0; ix < gx; ++ix) {
+                if (!tx[ix].valid) continue;
+                const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
+                const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
+                const A* p1 = v.at(ty[iy].lo, tx[ix].lo);
+                const A* p2 = v.at(ty[iy].lo, tx[ix].hi);
+                const A* p3 = v.at(ty[iy].hi, tx[ix].lo);
+                const A* p4 = v.at(ty[iy].hi, tx[ix].hi);
+                for (int64_t j = 0; j < CB; ++j) sum[j] += w1 * p1[j] + w2 * p2[j] + w3 * p3[j] + w4 * p4[j];
+              }
+            }
+            for (int64_t j = 0; j < CB; ++j) acc[j] = sum[j] / count;
+            continue;
+          }
+          // max: the first largest sample (NaN wins, like torch.max); samples outside the map are 0.
+          A best[CB];
+          int64_t* a = arg + (y * pw + x) * CB;
+          for (int64_t j = 0; j < CB; ++j) best[j] = A(0), a[j] = -1;
+          for (int64_t iy = 0; iy < gy; ++iy) {
+            for (int64_t ix = 0; ix < gx; ++ix) {
+              A val[CB] = {};
+              if (ty[iy].valid && tx[ix].valid) {
+                const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
+                const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
+                const A* p1 = v.at(ty[iy].lo, tx[ix].lo);
+                const A* p2 = v.at(ty[iy].lo, tx[ix].hi);
+                const A* p3 = v.at(ty[iy].hi, tx[ix].lo);
+                const A* p4 = v.at(ty[iy].hi, tx[ix].hi);
+                for (int64_t j = 0; j < CB; ++j) val[j] = w1 * p1[j] + w2 * p2[j] + w3 * p3[j] + w4 * p4[j];
+              }
+              const int64_t s = iy * gx + ix;
+              for (int64_t j = 0; j < CB; ++j) {
+                const bool take = s == 0 || val[j] > best[j] || (std::isnan(val[j]) && !std::isnan(best[j]));
+                best[j] = take ? val[j] : best[j];
+                a[j] = take ? s : a[j];
+              }
+            }
+          }
+          for (int64_t j = 0; j < CB; ++j) acc[j] = best[j];
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        S* dst = o + (roi * c + c0 + j) * bins;
+        for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]);
+        if (max_mode) {
+          int64_t* adst = am + (roi * c + c0 + j) * bins;
+          for (int64_t b = 0; b < bins; ++b) adst[b] = arg[b * CB + j];
+        }
+      }
+    }
+  });
+  return {out, argmax};
+}
+
+// acc[tap] += f(g, w) for the 4 taps of every valid sample of one bin (CB lanes).
+template <typename A, typename F, typename At>
+inline void align_scatter(const Tap<A>* ty, const Tap<A>* tx, int64_t gy, int64_t gx, const A* g, const F& f,
+                          const At& at) {
+  for (int64_t iy = 0; iy < gy; ++iy) {
+    if (!ty[iy].valid) continue;
+    for (int64_t ix = 0; ix < gx; ++ix) {
+      if (!tx[ix].valid) continue;
+      const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
+      const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
+      A* p1 = at(ty[iy].lo, tx[ix].lo);
+      for (int64_t j = 0; j < CB; ++j) p1[j] += f(g[j], w1);
+      A* p2 = at(ty[iy].lo, tx[ix].hi);
+      for (int64_t j = 0; j < CB; ++j) p2[j] += f(g[j], w2);
+      A* p3 = at(ty[iy].hi, tx[ix].lo);
+      for (int64_t j = 0; j < CB; ++j) p3[j] += f(g[j], w3);
+      A* p4 = at(ty[iy].hi, tx[ix].hi);
+      for (int64_t j = 0; j < CB; ++j) p4[j] += f(g[j], w4);
+    }
+  }
+}
+
+template <typename S>
+at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
+                               int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode, int64_t n, int64_t c,
+                               int64_t h, int64_t w) {
+  using A = acc_t<S>;
+  const int64_t k = rois.size(0);
+  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  if (gi.numel() == 0) return gi;
+  if (k == 0) return gi.zero_();
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  const AlignAxis<A> ay(r, k, 2, scale, ph, sr, aligned, h), ax(r, k, 1, scale, pw, sr, aligned, w);
+  const S* g = grad.data_ptr<S>();
+  const int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
+  S* out = gi.data_ptr<S>();
+  const int64_t bins = ph * pw;
+  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+    Box box;
+    for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sacc;
+    Scratch<A, 1> stile;
+    const int64_t bw = box.x1 - box.x0;
+    A* acc = box.empty() ? nullptr : sacc.get((box.y1 - box.y0) * bw * CB);  // [rows, cols, CB]
+    if (acc) std::fill(acc, acc + (box.y1 - box.y0) * bw * CB, A(0));
+    A* tile = stile.get(bins * CB);
+    auto at = [&](int64_t y, int64_t x) { return acc + ((y - box.y0) * bw + (x - box.x0)) * CB; };
+    for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
+      const int64_t roi = by.order[i];
+      const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
+      if (gy * gx == 0) continue;
+      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      const A count = A(gy * gx);
+      const A inv = A(1) / count;
+      const bool pow2 = ((gy * gx) & (gy * gx - 1)) == 0;
+      for (int64_t y = 0; y < ph; ++y) {
+        const Tap<A>* ty = ay.bin(roi, y);
+        for (int64_t x = 0; x < pw; ++x) {
+          const Tap<A>* tx = ax.bin(roi, x);
+          const A* gb = tile + (y * pw + x) * CB;
+          if (max_mode) {  // each lane's gradient goes to the four taps of its winning sample
+            const int64_t* a = am + (roi * c + c0) * bins + y * pw + x;
+            for (int64_t j = 0; j < cn; ++j) {
+              const int64_t s = a[j * bins];
+              if (s < 0) continue;
+              const Tap<A>& sy = ty[s / gx];
+              const Tap<A>& sx = tx[s % gx];
+              if (!sy.valid || !sx.valid) continue;
+              at(sy.lo, sx.lo)[j] += gb[j] * (sy.wlo * sx.wlo);
+              at(sy.lo, sx.hi)[j] += gb[j] * (sy.wlo * sx.whi);
+              at(sy.hi, sx.lo)[j] += gb[j] * (sy.whi * sx.wlo);
+              at(sy.hi, sx.hi)[j] += gb[j] * (sy.whi * sx.whi);
+            }
+            continue;
+          }
+          // torchvision's (g * w) / count, in its order (RoI, bin, sample, tap): the same bits. For a
+          // power-of-two count, multiplying by its reciprocal is exact and the same.
+          if (pow2) {
+            align_scatter(ty, tx, gy, gx, gb, [inv](A g, A w) { return g * w * inv; }, at);
+          } else {
+            align_scatter(ty, tx, gy, gx, gb, [count](A g, A w) { return g * w / count; }, at);
+          }
+        }
+      }
+    }
+    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+  });
+  return gi;
+}
+
+// ------------------------------------------------------------------------------------------------
+// RoI Pool (see ops/roi_pool.py: pool_windows)
+// ------------------------------------------------------------------------------------------------
+template <typename T>
+struct PoolAxis {
+  std::vector<int32_t> first, last;  // per RoI: [P] window starts / ends (exclusive), clipped to [0, size]
+  std::vector<std::pair<int64_t, int64_t>> span;
+  int64_t pooled;
+
+  PoolAxis(const T* rois, int64_t k, int col_start, double spatial_scale, int64_t pooled_, int64_t size)
+      : first(k * pooled_), last(k * pooled_), span(k), pooled(pooled_) {
+    const T scale = T(spatial_scale);
+    const T big = T(int64_t(1) << 40);
+    for (int64_t r = 0; r < k; ++r) {
+      const int64_t lo = int64_t(std::min(std::max(std::round(rois[r * 5 + col_start] * scale), -big), big));
+      const int64_t hi = int64_t(std::min(std::max(std::round(rois[r * 5 + col_start + 2] * scale), -big), big));
+      const T bin = T(std::max<int64_t>(hi - lo + 1, 1)) / T(pooled);
+      int64_t smin = size, smax = 0;
+      for (int64_t p = 0; p < pooled; ++p) {
+        const int64_t a = std::min<int64_t>(std::max<int64_t>(int64_t(std::floor(T(p) * bin)) + lo, 0), size);
+        const int64_t b = std::min<int64_t>(std::max<int64_t>(int64_t(std::ceil(T(p + 1) * bin)) + lo, 0), size);
+        first[r * pooled + p] = int32_t(a);
+        last[r * pooled + p] = int32_t(b);
+        if (b > a) smin = std::min(smin, a), smax = std::max(smax, b);
+      }
+      span[r] = {smin, smax};
+    }
+  }
+  Box box(int64_t r, const PoolAxis& x) const {
+    return Box{span[r].first, span[r].second, x.span[r].first, x.span[r].second};
+  }
+};
+
+template <typename S>
+std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
+                                                     int64_t ph, int64_t pw) {
+  using A = acc_t<S>;
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  at::Tensor argmax = at::empty({k, c, ph, pw}, input.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, argmax};
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  const PoolAxis<A> ay(r, k, 2, scale, ph, h), ax(r, k, 1, scale, pw, w);
+  const S* in = input.data_ptr<S>();
+  const Planes st(input);
+  S* o = out.data_ptr<S>();
+  int64_t* am = argmax.data_ptr<int64_t>();
+  const int64_t bins = ph * pw;
+  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+    Box box;
+    for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sbuf;
+    Scratch<A, 1> sres;
+    Scratch<int32_t, 2> sarg;
+    const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
+                                  : channel_block<S, A>(in, st, img, c0, cn, box,
+                                                        sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    A* res = sres.get(bins * CB);
+    int32_t* arg = sarg.get(bins * CB);
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t roi = by.order[i];
+      for (int64_t y = 0; y < ph; ++y) {
+        const int64_t y0 = ay.first[roi * ph + y], y1 = ay.last[roi * ph + y];
+        for (int64_t x = 0; x < pw; ++x) {
+          const int64_t x0 = ax.first[roi * pw + x], x1 = ax.last[roi * pw + x];
+          A* best = res + (y * pw + x) * CB;
+          int32_t* a = arg + (y * pw + x) * CB;
+          const bool empty = y1 <= y0 || x1 <= x0;
+          for (int64_t j = 0; j < CB; ++j) best[j] = empty ? A(0) : A(-FLT_MAX), a[j] = -1;
+          for (int64_t yy = y0; yy < y1; ++yy) {
+            for (int64_t xx = x0; xx < x1; ++xx) {
+              const A* p = v.at(yy, xx);
+              const int32_t idx = int32_t(yy * w + xx);
+              for (int64_t j = 0; j < CB; ++j) {  // row-major scan, strict '>': first max wins, NaN never
+                const bool take = p[j] > best[j];
+                best[j] = take ? p[j] : best[j];
+                a[j] = take ? idx : a[j];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        S* dst = o + (roi * c + c0 + j) * bins;
+        int64_t* adst = am + (roi * c + c0 + j) * bins;
+        for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]), adst[b] = arg[b * CB + j];
+      }
+    }
+  });
+  return {out, argmax};
+}
+
+template <typename S>
+at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
+                              int64_t ph, int64_t pw, int64_t n, int64_t c, int64_t h, int64_t w) {
+  using A = acc_t<S>;
+  const int64_t k = rois.size(0);
+  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  if (gi.numel() == 0) return gi;
+  if (k == 0) return gi.zero_();
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  const PoolAxis<A> ay(r, k, 2, scale, ph, h), ax(r, k, 1, scale, pw, w);
+  const S* g = grad.data_ptr<S>();
+  const int64_t* am = argmax.data_ptr<int64_t>();
+  S* out = gi.data_ptr<S>();
+  const int64_t bins = ph * pw;
+  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+    Box box;
+    for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sacc;
+    Scratch<A, 1> stile;
+    const int64_t bw = box.x1 - box.x0;
+    A* acc = box.empty() ? nullptr : sacc.get((box.y1 - box.y0) * bw * CB);
+    if (acc) std::fill(acc, acc + (box.y1 - box.y0) * bw * CB, A(0));
+    A* tile = stile.get(bins * CB);
+    for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
+      const int64_t roi = by.order[i];
+      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      for (int64_t j = 0; j < cn; ++j) {
+        const int64_t* a = am + (roi * c + c0 + j) * bins;
+        for (int64_t b = 0; b < bins; ++b) {
+          if (a[b] < 0) continue;
+          const int64_t y = a[b] / w, x = a[b] % w;
+          acc[((y - box.y0) * bw + (x - box.x0)) * CB + j] += tile[b * CB + j];
+        }
+      }
+    }
+    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+  });
+  return gi;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Precise RoI Pooling (see ops/precise.py: integral_taps), geometry in float64
+// ------------------------------------------------------------------------------------------------
+struct IntegralAxis {
+  std::vector<int32_t> first, count;  // per (RoI, P): pixels first .. first + count - 1
+  std::vector<int64_t> offset;        // per (RoI, P): into weight
+  std::vector<double> weight;
+  std::vector<std::pair<int64_t, int64_t>> span;
+  int64_t pooled;
+
+  static double tent_integral(double a, double b, double i) {  // integral of tri(t - i) over [a, b]
+    double total = 0.0;
+    for (int piece = 0; piece < 2; ++piece) {
+      const double lo = piece == 0 ? i - 1 : i, hi = piece == 0 ? i : i + 1;
+      const double left = std::max(a, lo), right = std::min(b, hi);
+      const double length = std::max(right - left, 0.0);
+      total = total + length * std::max(1.0 - std::abs((left + right) / 2 - i), 0.0);
+    }
+    return total;
+  }
+
+  template <typename T>
+  IntegralAxis(const T* rois, int64_t k, int col_start, double spatial_scale, int64_t pooled_, bool aligned,
+               int64_t size)
+      : first(k * pooled_), count(k * pooled_), offset(k * pooled_), span(k), pooled(pooled_) {
+    const double off = aligned ? 0.5 : 0.0;
+    for (int64_t r = 0; r < k; ++r) {
+      const double start = double(rois[r * 5 + col_start]), end = double(rois[r * 5 + col_start + 2]);
+      const double lo = start * spatial_scale - off;
+      const double bin = (end * spatial_scale - off - lo) / double(pooled);
+      int64_t smin = size, smax = 0;
+      for (int64_t p = 0; p < pooled; ++p) {
+        const double e0 = lo + double(p) * bin, e1 = lo + double(p + 1) * bin;
+        const double a = std::min(e0, e1), b = std::max(e0, e1);
+        const double fa = std::min(std::max(std::floor(a), 0.0), double(size - 1));
+        const double fb = std::min(std::max(std::ceil(b), 0.0), double(size - 1));
+        const int64_t i0 = int64_t(fa), i1 = int64_t(fb);
+        const double width = b - a;
+        first[r * pooled + p] = int32_t(i0);
+        count[r * pooled + p] = int32_t(i1 - i0 + 1);
+        offset[r * pooled + p] = int64_t(weight.size());
+        for (int64_t i = i0; i <= i1; ++i) {
+          const double fi = double(i);
+          weight.push_back(width > 0 ? tent_integral(a, b, fi) / std::max(width, 1e-300)
+                                     : std::max(1.0 - std::abs(a - fi), 0.0));
+        }
+        smin = std::min(smin, i0), smax = std::max(smax, i1 + 1);
+      }
+      span[r] = {smin, smax};
+    }
+  }
+  Box box(int64_t r, const IntegralAxis& x) const {
+    return Box{span[r].first, span[r].second, x.span[r].first, x.span[r].second};
+  }
+};
+
+template <typename S>
+at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph,
+                                int64_t pw, bool aligned) {
+  using A = acc_t<S>;
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  if (out.numel() == 0) return out;
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  if (h == 0 || w == 0) return out.zero_();
+  const IntegralAxis ay(r, k, 2, scale, ph, aligned, h), ax(r, k, 1, scale, pw, aligned, w);
+  const S* in = input.data_ptr<S>();
+  const Planes st(input);
+  S* o = out.data_ptr<S>();
+  const int64_t bins = ph * pw;
+  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+    Box box;
+    for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sbuf;
+    Scratch<A, 1> sres;
+    const View<A> v = channel_block<S, A>(in, st, img, c0, cn, box,
+                                          sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    A* res = sres.get(bins * CB);
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t roi = by.order[i];
+      for (int64_t y = 0; y < ph; ++y) {
+        const int64_t ry = roi * ph + y;
+        const double* wy = ay.weight.data() + ay.offset[ry];
+        for (int64_t x = 0; x < pw; ++x) {
+          const int64_t rx = roi * pw + x;
+          const double* wx = ax.weight.data() + ax.offset[rx];
+          A sum[CB] = {};
+          for (int64_t iy = 0; iy < ay.count[ry]; ++iy) {
+            for (int64_t ix = 0; ix < ax.count[rx]; ++ix) {
+              const A wt = A(wy[iy] * wx[ix]);
+              if (wt == A(0)) continue;
+              const A* p = v.at(ay.first[ry] + iy, ax.first[rx] + ix);
+              for (int64_t j = 0; j < CB; ++j) sum[j] += wt * p[j];
+            }
+          }
+          std::copy(sum, sum + CB, res + (y * pw + x) * CB);
+        }
+      }
+      for (int64_t j = 0; j < cn; ++j) {
+        S* dst = o + (roi * c + c0 + j) * bins;
+        for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]);
+      }
+    }
+  });
+  return out;
+}
+
+template <typename S>
+at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois, double scale, int64_t ph,
+                                 int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
+  using A = acc_t<S>;
+  const int64_t k = rois.size(0);
+  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  if (gi.numel() == 0) return gi;
+  if (k == 0) return gi.zero_();
+  const A* r = rois.data_ptr<A>();
+  const ByImage<A> by(r, k, n);
+  const IntegralAxis ay(r, k, 2, scale, ph, aligned, h), ax(r, k, 1, scale, pw, aligned, w);
+  const S* g = grad.data_ptr<S>();
+  S* out = gi.data_ptr<S>();
+  const int64_t bins = ph * pw;
+  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+    Box box;
+    for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
+    Scratch<A, 0> sacc;
+    Scratch<A, 1> stile;
+    const int64_t bw = box.x1 - box.x0;
+    A* acc = box.empty() ? nullptr : sacc.get((box.y1 - box.y0) * bw * CB);
+    if (acc) std::fill(acc, acc + (box.y1 - box.y0) * bw * CB, A(0));
+    A* tile = stile.get(bins * CB);
+    for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
+      const int64_t roi = by.order[i];
+      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      for (int64_t y = 0; y < ph; ++y) {
+        const int64_t ry = roi * ph + y;
+        const double* wy = ay.weight.data() + ay.offset[ry];
+        for (int64_t x = 0; x < pw; ++x) {
+          const int64_t rx = roi * pw + x;
+          const double* wx = ax.weight.data() + ax.offset[rx];
+          const A* gb = tile + (y * pw + x) * CB;
+          for (int64_t iy = 0; iy < ay.count[ry]; ++iy) {
+            for (int64_t ix = 0; ix < ax.count[rx]; ++ix) {
+              const A wt = A(wy[iy] * wx[ix]);
+              if (wt == A(0)) continue;
+              A* p = acc + ((ay.first[ry] + iy - box.y0) * bw + (ax.first[rx] + ix - box.x0)) * CB;
+              for (int64_t j = 0; j < CB; ++j) p[j] += gb[j] * wt;
+            }
+          }
+        }
+      }
+    }
+    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+  });
+  return gi;
+}
+
+// ------------------------------------------------------------------------------------------------
+// dtype dispatch and registration (torch.ops.roicli_cpp.*)
+// ------------------------------------------------------------------------------------------------
+template <typename F>
+decltype(auto) dispatch(at::ScalarType t, const F& f) {
+  switch (t) {
+    case at::kFloat: return f(float{});
+    case at::kDouble: return f(double{});
+    case at::kHalf: return f(c10::Half{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    default: TORCH_CHECK(false, "roicli cpu kernels: expected float32/float64/float16/bfloat16, got ", t);
+  }
+}
+
+void check_rois(const at::Tensor& rois, at::ScalarType data) {
+  const auto want = data == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(rois.scalar_type() == want && rois.is_contiguous() && rois.dim() == 2 && rois.size(1) == 5,
+              "roicli cpu kernels: expected contiguous rois [K, 5] of ", want, ", got ", rois.scalar_type(),
+              " ", rois.sizes());
+}
+
+void check_plane(int64_t h, int64_t w) {
+  TORCH_CHECK(h * w < (int64_t(1) << 31), "roicli cpu kernels: expected H * W < 2^31, got ", h, " x ", w);
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input, const at::Tensor& rois, double scale,
+                                                     int64_t ph, int64_t pw, int64_t sr, bool aligned, int64_t mode) {
+  check_rois(rois, input.scalar_type());
+  check_plane(input.size(2), input.size(3));
+  return dispatch(input.scalar_type(), [&](auto s) {
+    return align_forward_impl<decltype(s)>(input, rois, scale, ph, pw, sr, aligned, mode == 1);
+  });
+}
+
+at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
+                              int64_t ph, int64_t pw, int64_t sr, bool aligned, int64_t mode, int64_t n, int64_t c,
+                              int64_t h, int64_t w) {
+  check_rois(rois, grad.scalar_type());
+  check_plane(h, w);
+  TORCH_CHECK(mode != 1 || (argmax.is_contiguous() && argmax.scalar_type() == at::kLong),
+              "roicli cpu kernels: expected a contiguous int64 argmax");
+  return dispatch(grad.scalar_type(), [&](auto s) {
+    return align_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, sr, aligned, mode == 1, n, c, h, w);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_forward(const at::Tensor& input, const at::Tensor& rois, double scale,
+                                                    int64_t ph, int64_t pw) {
+  check_rois(rois, input.scalar_type());
+  check_plane(input.size(2), input.size(3));
+  return dispatch(input.scalar_type(), [&](auto s) { return pool_forward_impl<decltype(s)>(input, rois, scale, ph, pw); });
+}
+
+at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
+                             int64_t ph, int64_t pw, int64_t n, int64_t c, int64_t h, int64_t w) {
+  check_rois(rois, grad.scalar_type());
+  check_plane(h, w);
+  TORCH_CHECK(argmax.is_contiguous() && argmax.scalar_type() == at::kLong,
+              "roicli cpu kernels: expected a contiguous int64 argmax");
+  return dispatch(grad.scalar_type(), [&](auto s) {
+    return pool_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, n, c, h, w);
+  });
+}
+
+at::Tensor precise_roi_pool_forward(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph,
+                                    int64_t pw, bool aligned) {
+  check_rois(rois, input.scalar_type());
+  check_plane(input.size(2), input.size(3));
+  return dispatch(input.scalar_type(), [&](auto s) {
+    return precise_forward_impl<decltype(s)>(input, rois, scale, ph, pw, aligned);
+  });
+}
+
+at::Tensor precise_roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, double scale, int64_t ph,
+                                     int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
+  check_rois(rois, grad.scalar_type());
+  check_plane(h, w);
+  return dispatch(grad.scalar_type(), [&](auto s) {
+    return precise_backward_impl<decltype(s)>(grad, rois, scale, ph, pw, aligned, n, c, h, w);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(roicli_cpp, m) {
+  m.def("roi_align_forward", &roi_align_forward);
+  m.def("roi_align_backward", &roi_align_backward);
+  m.def("roi_pool_forward", &roi_pool_forward);
+  m.def("roi_pool_backward", &roi_pool_backward);
+  m.def("precise_roi_pool_forward", &precise_roi_pool_forward);
+  m.def("precise_roi_pool_backward", &precise_roi_pool_backward);
+}

@@ -343,10 +343,13 @@ class _Recorder:
 
 
 def _compile(kernel, args, kwargs, target):
-    """Compile one recorded launch as Triton would specialise it on a GPU."""
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import BaseBackend
-    from triton.compiler import ASTSource, compile
+    """Compile one recorded launch as Triton would specialise it on a GPU (Triton >= 3.4 internals)."""
+    try:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+        from triton.compiler import ASTSource, compile
+    except ImportError as exc:
+        pytest.skip(f"this Triton lacks the compile internals the check uses ({exc})")
 
     signature, constexprs = {}, {}
     options = {"enable_fp_fusion": kwargs.pop("enable_fp_fusion", True)}

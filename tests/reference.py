@@ -154,6 +154,87 @@ def roi_align_ref(
     return out
 
 
+def bilinear_taps(h: int, w: int, y: float, x: float) -> list[tuple[int, int, float]]:
+    """The (row, column, weight) terms of `bilinear` at (y, x): its gradient with respect to the map."""
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return []
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= h - 1:
+        y_low = y_high = h - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= w - 1:
+        x_low = x_high = w - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+
+
+def roi_align_max_argmax_ref(
+    input: torch.Tensor,
+    boxes: torch.Tensor | Sequence[torch.Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    grad_output: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoI Align, mode "max": the winning sample of each bin and the gradient with respect to input.
+
+    The winner is the first sample (in `_align_samples` order, iy * grid_w + ix) whose value is
+    strictly greater than every earlier one; -1 for a bin without samples. Returns
+    (int64 Tensor[K, C, PH, PW], float64 gradient of sum(out * grad_output), zeros without it).
+    """
+    feats = feature_lists(input)
+    n_ch, h, w = input.shape[1:]
+    ph_count, pw_count = pair(output_size)
+    rows = box_rows(boxes)
+    argmax = torch.full((len(rows), n_ch, ph_count, pw_count), -1, dtype=torch.long)
+    grad = torch.zeros(input.shape, dtype=torch.float64)
+    g_out = None if grad_output is None else grad_output.detach().cpu().double()
+    for k, box in enumerate(rows):
+        x1, y1, bin_h, bin_w, grid_h, grid_w = _align_geometry(
+            box, ph_count, pw_count, spatial_scale, sampling_ratio, aligned
+        )
+        for c in range(n_ch):
+            fmap = feats[box[0]][c]
+            for ph in range(ph_count):
+                for pw in range(pw_count):
+                    points = _align_samples(y1, x1, bin_h, bin_w, grid_h, grid_w, ph, pw)
+                    if not points:
+                        continue
+                    values = [bilinear(fmap, y, x) for y, x in points]
+                    best = 0
+                    for i, v in enumerate(values):
+                        if v > values[best]:
+                            best = i
+                    argmax[k, c, ph, pw] = best
+                    if g_out is not None:
+                        for yy, xx, wt in bilinear_taps(h, w, *points[best]):
+                            grad[box[0], c, yy, xx] += wt * g_out[k, c, ph, pw]
+    return argmax, grad
+
+
+def roi_pool_argmax_ref(
+    input: torch.Tensor,
+    boxes: torch.Tensor | Sequence[torch.Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+) -> torch.Tensor:
+    """RoI Pool's argmax as torchvision returns it: int64 Tensor[K, C, PH, PW] of y * W + x, -1 if none."""
+    w = input.shape[3]
+    out, where = _roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
+    argmax = torch.full(out.shape, -1, dtype=torch.long)
+    for key, (y, x) in where.items():
+        argmax[key] = y * w + x
+    return argmax
+
+
 def roi_align_ambiguous_bins(
     input: torch.Tensor,
     boxes: torch.Tensor | Sequence[torch.Tensor],

@@ -75,22 +75,7 @@ def separable_mean(input: Tensor, base: Tensor, rows, row_w, cols, col_w, compac
 class _SeparableMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, base, rows, row_w, cols, col_w, compact: bool):
-        n, c, h, w = input.shape
-        k, ph = rows.shape[:2]
-        pw = cols.shape[1]
-        taps = rows.shape[2] * cols.shape[2]
-        out = (input.new_zeros if taps == 0 else input.new_empty)((k, c, ph, pw))
-        dtype = compute_dtype(input.dtype)
-        for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, compact):
-            if counts is None:  # bags of `taps` entries each
-                idx, wts, offsets = idx.view(-1, taps), wts.view(-1, taps), None
-            else:
-                offsets = torch.cumsum(counts, 0) - counts
-            wts = wts.to(dtype)
-            # Usually one chunk; a second one copies the groups again (cheaper than keeping all bags).
-            for g, table in _channel_groups(input.detach(), dtype):
-                res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts)
-                out[e, g] = res.view(-1, ph, pw, res.shape[1]).permute(0, 3, 1, 2)
+        out = separable_mean_forward(input.detach(), base, rows, row_w, cols, col_w, compact)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(base, rows, row_w, cols, col_w)
             ctx.compact, ctx.input_shape = compact, input.shape
@@ -99,34 +84,61 @@ class _SeparableMean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         base, rows, row_w, cols, col_w = ctx.saved_tensors
-        n, c, h, w = ctx.input_shape
-        k, _, ph, pw = grad.shape
-        dtype = compute_dtype(grad.dtype)
-        none = torch.zeros(0, dtype=torch.long, device=grad.device)  # torch.cat needs a tensor when no bin has taps
-        pixels, weights, bags = [none], [grad.new_zeros(0)], [none]
-        for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, ctx.compact):
-            first = e.start * ph * pw
-            n_bags = (min(e.stop, k) - e.start) * ph * pw
-            per_bag = idx.shape[0] // n_bags if counts is None else counts
-            bags.append(torch.repeat_interleave(torch.arange(first, first + n_bags, device=idx.device), per_bag))
-            pixels.append(idx)
-            weights.append(wts)
-        # For each pixel, the bins that read it: a stable sort keeps a fixed summation order.
-        pixel, order = torch.sort(torch.cat(pixels), stable=True)
-        counts = torch.bincount(pixel, minlength=n * h * w)
-        offsets = torch.cumsum(counts, 0) - counts
-        bag, weight = torch.cat(bags)[order], torch.cat(weights)[order].to(dtype)
-        g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
-        grad_input = grad.new_empty((n, c, h, w))
-        hw = h * w
-        for g in _channel_slices(c, n * h * w):
-            grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
-            tile = max(256, _TILE // grad_hwc.shape[1])  # pixels
-            for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
-                src, dst = grad_hwc[i * hw : (i + 1) * hw], grad_input[i, g].view(-1, hw)
-                for p in range(0, hw, tile):
-                    dst[:, p : p + tile].copy_(src[p : p + tile].t())
+        grad_input = separable_mean_backward(grad, base, rows, row_w, cols, col_w, ctx.compact, ctx.input_shape)
         return grad_input, None, None, None, None, None, None
+
+
+def separable_mean_forward(input: Tensor, base, rows, row_w, cols, col_w, compact: bool) -> Tensor:
+    """The forward of `separable_mean` on merged taps, without autograd: `Tensor[K, C, PH, PW]`."""
+    n, c, h, w = input.shape
+    k, ph = rows.shape[:2]
+    pw = cols.shape[1]
+    taps = rows.shape[2] * cols.shape[2]
+    out = (input.new_zeros if taps == 0 else input.new_empty)((k, c, ph, pw))
+    dtype = compute_dtype(input.dtype)
+    for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, compact):
+        if counts is None:  # bags of `taps` entries each
+            idx, wts, offsets = idx.view(-1, taps), wts.view(-1, taps), None
+        else:
+            offsets = torch.cumsum(counts, 0) - counts
+        wts = wts.to(dtype)
+        # Usually one chunk; a second one copies the groups again (cheaper than keeping all bags).
+        for g, table in _channel_groups(input, dtype):
+            res = F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=wts)
+            out[e, g] = res.view(-1, ph, pw, res.shape[1]).permute(0, 3, 1, 2)
+    return out
+
+
+def separable_mean_backward(grad: Tensor, base, rows, row_w, cols, col_w, compact: bool, input_shape) -> Tensor:
+    """The gradient of `separable_mean_forward` with respect to its input: `Tensor[N, C, H, W]`."""
+    n, c, h, w = input_shape
+    k, _, ph, pw = grad.shape
+    dtype = compute_dtype(grad.dtype)
+    none = torch.zeros(0, dtype=torch.long, device=grad.device)  # torch.cat needs a tensor when no bin has taps
+    pixels, weights, bags = [none], [grad.new_zeros(0)], [none]
+    for e, idx, wts, counts in _bags(base, rows, row_w, cols, col_w, w, compact):
+        first = e.start * ph * pw
+        n_bags = (min(e.stop, k) - e.start) * ph * pw
+        per_bag = idx.shape[0] // n_bags if counts is None else counts
+        bags.append(torch.repeat_interleave(torch.arange(first, first + n_bags, device=idx.device), per_bag))
+        pixels.append(idx)
+        weights.append(wts)
+    # For each pixel, the bins that read it: a stable sort keeps a fixed summation order.
+    pixel, order = torch.sort(torch.cat(pixels), stable=True)
+    counts = torch.bincount(pixel, minlength=n * h * w)
+    offsets = torch.cumsum(counts, 0) - counts
+    bag, weight = torch.cat(bags)[order], torch.cat(weights)[order].to(dtype)
+    g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
+    grad_input = grad.new_empty((n, c, h, w))
+    hw = h * w
+    for g in _channel_slices(c, n * h * w):
+        grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
+        tile = max(256, _TILE // grad_hwc.shape[1])  # pixels
+        for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
+            src, dst = grad_hwc[i * hw : (i + 1) * hw], grad_input[i, g].view(-1, hw)
+            for p in range(0, hw, tile):
+                dst[:, p : p + tile].copy_(src[p : p + tile].t())
+    return grad_input
 
 
 def _channel_groups(input: Tensor, dtype: torch.dtype):

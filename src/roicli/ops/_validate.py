@@ -39,11 +39,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def as_rois(boxes: BoxesLike, input: Tensor) -> Tensor:
+def as_rois(boxes: BoxesLike, input: Tensor, *, values: bool = True) -> Tensor:
     """Normalise boxes to `Tensor[K, 5]` (batch index, x1, y1, x2, y2) in the op's compute dtype.
 
-    Accepts `Tensor[K, 5]` or `list[Tensor[L, 4]]` (one tensor per image). Raises ValidationError
-    naming the row for NaN/infinite coordinates and for batch indices outside `[0, N)`.
+    Accepts `Tensor[K, 5]` or `list[Tensor[L, 4]]` (one tensor per image). With `values` (and not
+    while tracing, see `is_tracing`) raises ValidationError naming the row for NaN/infinite
+    coordinates and for batch indices outside `[0, N)`; the operators check those themselves.
     """
     dtype = compute_dtype(input.dtype)
     if isinstance(boxes, Tensor):
@@ -70,8 +71,17 @@ def as_rois(boxes: BoxesLike, input: Tensor) -> Tensor:
         raise ValidationError(
             f"boxes: expected Tensor[K, 5] or list[Tensor[L, 4]], got {type(boxes).__name__}"
         )
-    _check_values(rois, input.shape[0])
+    if values and not is_tracing(rois):
+        check_values(rois, input.shape[0])
     return rois
+
+
+def is_tracing(t: Tensor | None = None) -> bool:
+    """True while tracing, scripting, compiling or exporting, or when `t` is a fake tensor: then
+    a front door must not read tensor values (the operators check them when the graph runs)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return True
+    return t is not None and torch._subclasses.fake_tensor.is_fake(t)
 
 
 def _check_device(t: Tensor, input: Tensor, name: str) -> None:
@@ -81,7 +91,8 @@ def _check_device(t: Tensor, input: Tensor, name: str) -> None:
         )
 
 
-def _check_values(rois: Tensor, n_images: int) -> None:
+def check_values(rois: Tensor, n_images: int) -> None:
+    """Every row finite, with an integer batch index in `[0, n_images)` (reads the values)."""
     if rois.numel() == 0:
         return
     finite = torch.isfinite(rois).all(dim=1)

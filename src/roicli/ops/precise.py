@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from roicli.ops._gather import separable_mean
+from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 
@@ -44,15 +44,8 @@ def precise_roi_pool(
     """
     check_input(input)
     ph, pw = to_pair(output_size)
-    rois = as_rois(boxes, input)
-    n, c, h, w = input.shape
-    k = rois.shape[0]
-    if k == 0:
-        return input.new_zeros((0, c, ph, pw))
-    rois64 = rois.double()
-    ry, wy = integral_taps(rois64[:, 2], rois64[:, 4], spatial_scale, ph, aligned, h)
-    rx, wx = integral_taps(rois64[:, 1], rois64[:, 3], spatial_scale, pw, aligned, w)
-    return separable_mean(input, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
+    rois = as_rois(boxes, input, values=False)  # the operator checks the values
+    return torch.ops.roicli.precise_roi_pool.default(input, rois, float(spatial_scale), ph, pw, aligned)
 
 
 def _tent_integral(a: Tensor, b: Tensor, i: Tensor) -> Tensor:

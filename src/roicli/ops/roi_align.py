@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
-from roicli.ops._gather import nhwc_table, separable_mean, separable_pool
-from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
+from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
+from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 
 def roi_align(
@@ -55,25 +55,10 @@ def roi_align(
         raise ValidationError(f"mode: expected 'avg' or 'max', got {mode!r}")
     if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
         raise ValidationError(f"sampling_ratio: expected an int, got {sampling_ratio!r}")
-    rois = as_rois(boxes, input)
-    n, c, h, w = input.shape
-    k = rois.shape[0]
-    if k == 0:
-        return input.new_zeros((0, c, ph, pw))
-    ry, wy, gy = align_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, sampling_ratio, aligned, h)
-    rx, wx, gx = align_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, sampling_ratio, aligned, w)
-    base = rois[:, 0].long() * (h * w)  # [K]
-    if mode == "avg":
-        # Each axis carries 1/IY (1/IX), so a tap's weight is w_bilinear / (IY * IX).
-        return separable_mean(
-            input, base,
-            ry.flatten(2), (wy / gy.clamp_min(1)[:, None, None, None]).flatten(2),
-            rx.flatten(2), (wx / gx.clamp_min(1)[:, None, None, None]).flatten(2),
-            compact=sampling_ratio <= 0,
-        )  # [K, C, PH, PW]
-    table = nhwc_table(input, compute_dtype(input.dtype))
-    out = _max_of_samples(table, w, base, ry, wy, gy, rx, wx, gx)
-    return out.permute(0, 3, 1, 2).to(input.dtype).contiguous()  # [K, C, PH, PW], like torchvision
+    rois = as_rois(boxes, input, values=False)  # the operator checks the values
+    return torch.ops.roicli.roi_align.default(
+        input, rois, float(spatial_scale), ph, pw, sampling_ratio, aligned, mode
+    )[0]
 
 
 def sample_points(
@@ -136,26 +121,3 @@ def align_taps(
     idx = torch.stack([low, high], dim=-1)  # [K, P, G, 2]
     weight = torch.stack([1.0 - frac, frac], dim=-1) * valid[..., None]  # [K, P, G, 2]
     return idx, weight, grid
-
-
-def _max_of_samples(table, width, base, ry, wy, gy, rx, wx, gx) -> Tensor:
-    """mode="max": interpolate every sample (a bag of its 4 taps), then max over the bin's samples."""
-    k, ph, iy, _ = ry.shape
-    pw, ix = rx.shape[1:3]
-    # One "bin" per sample: rows [K, PH*IY, 2], cols [K, PW*IX, 2].
-    samples = separable_pool(
-        table, width, base,
-        ry.reshape(k, ph * iy, 2), wy.reshape(k, ph * iy, 2),
-        rx.reshape(k, pw * ix, 2), wx.reshape(k, pw * ix, 2),
-    )  # [K, PH*IY, PW*IX, C]
-    c = samples.shape[-1]
-    samples = samples.view(k, ph, iy, pw, ix, c).permute(0, 1, 3, 5, 2, 4)  # [K, PH, PW, C, IY, IX]
-    real = (torch.arange(iy, device=gy.device)[None, :] < gy[:, None])[:, :, None] & (
-        torch.arange(ix, device=gx.device)[None, :] < gx[:, None]
-    )[:, None, :]  # [K, IY, IX]
-    samples = samples.masked_fill(~real[:, None, None, None], float("-inf")).flatten(4)
-    if samples.shape[-1] == 0:
-        return samples.new_zeros((k, ph, pw, c))
-    out = samples.max(dim=-1).values  # [K, PH, PW, C]
-    empty = ((gy == 0) | (gx == 0))[:, None, None, None]
-    return out.masked_fill(empty, 0.0)

@@ -8,6 +8,7 @@ import sys
 import torch
 from torch import Tensor
 
+from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
 from roicli.ops._gather import separable_mean
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
 
@@ -36,8 +37,8 @@ def roi_pool(
     """
     check_input(input)
     ph, pw = to_pair(output_size)
-    rois = as_rois(boxes, input)
-    return _RoIPool.apply(input, rois, ph, pw, float(spatial_scale))
+    rois = as_rois(boxes, input, values=False)  # the operator checks the values
+    return torch.ops.roicli.roi_pool.default(input, rois, float(spatial_scale), ph, pw)[0]
 
 
 def c_round(x: Tensor) -> Tensor:
@@ -66,31 +67,13 @@ def pool_windows(
     return lo, first.clamp(0, size), last.clamp(0, size)
 
 
-class _RoIPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float):
-        out, argmax = _pool_forward(input, rois, ph, pw, spatial_scale, ctx.needs_input_grad[0])
-        if argmax is not None:
-            ctx.save_for_backward(argmax)
-        ctx.input_shape = input.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (argmax,) = ctx.saved_tensors  # [C, K, PH*PW]: one channel plane at a time is cache-friendly
-        size = ctx.input_shape.numel()
-        grad_input = grad.new_zeros(size + 1)  # the last slot takes the gradient of bins with no argmax
-        grad_input.index_add_(0, argmax.flatten(), grad.transpose(0, 1).flatten())
-        return grad_input[:size].view(ctx.input_shape), None, None, None, None
-
-
 def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True):
     """Max over each integer bin, and (with `with_arg`) its first row-major argmax.
 
-    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[C, K, PH*PW]` as flat indices
-    into the input. Like torchvision's running max, which starts at -FLT_MAX and skips NaN, a bin
-    whose elements are all -inf or NaN gives -FLT_MAX; it, and an empty bin (0), has no argmax:
-    the index is one past the end (N*C*H*W).
+    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, C, PH, PW]` (int64) as
+    `h * W + w` inside the channel plane, like torchvision's (None without `with_arg`). Like
+    torchvision's running max, which starts at -FLT_MAX and skips NaN, a bin whose elements are
+    all -inf or NaN gives -FLT_MAX; it, and an empty bin (0), has no argmax: -1.
     """
     n, c, h, w = input.shape
     k = rois.shape[0]
@@ -103,21 +86,35 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
     full = ((y1 > y0) & (x1 > x0)).nonzero().squeeze(1)  # bins with at least one pixel
     roi, binn = full // (ph * pw), full % (ph * pw)
     b = rois[roi, 0].long()
-    # Every bin is written below unless some are empty (0).
-    out = (torch.empty if full.shape[0] == k * ph * pw else torch.zeros)((k, c, ph * pw), dtype=input.dtype, device=dev)
-    past_end = input.numel()
-    index_dtype = torch.int32 if past_end < 2**31 else torch.long
-    argmax = torch.full((c, k, ph * pw), past_end, dtype=index_dtype, device=dev) if with_arg else None
-    chan_offset = torch.arange(c, device=dev) * (h * w)
-    carry = (roi, binn, b * ((c - 1) * h * w))  # pixel (n, y, x) -> ((n * C + c) * H + y) * W + x
+    # Every bin is written below unless some are empty (0, argmax -1).
+    every = full.shape[0] == k * ph * pw
+    out = (torch.empty if every else torch.zeros)((k, c, ph * pw), dtype=input.dtype, device=dev)
+    argmax = None
+    if with_arg:
+        argmax = torch.empty((k, c, ph * pw), dtype=torch.long, device=dev)
+        if not every:
+            argmax.fill_(-1)
+    carry = (roi, binn, b * (h * w))  # pixel (n, y, x) -> y * W + x inside its channel plane
     windows = _window_max(input.detach(), b, y0[full], y1[full], x0[full], x1[full], with_arg, carry)
     for (r, p, offset), g, value, pixel in windows:
         if argmax is not None:
             found = value > -_FLT_MAX  # False for -inf (and NaN, which the tables hold as -inf)
-            flat = torch.where(found, pixel + offset[:, None] + chan_offset[g], past_end)
-            argmax[g, r, p] = flat.T.to(index_dtype)
+            argmax[r, g, p] = torch.where(found, pixel - offset[:, None], -1).long()
         out[r, g, p] = value.clamp_min_(-_FLT_MAX).to(out.dtype)
+    if argmax is not None:
+        argmax = argmax.view(k, c, ph, pw)
     return out.view(shape[:1] + (c,) + shape[1:]), argmax
+
+
+def _pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
+    """Each bin's gradient to its argmax pixel (`Tensor[K, C, PH, PW]` from `_pool_forward`)."""
+    size = n * c * h * w
+    plane = ((rois[:, 0].long() * c)[:, None] + torch.arange(c, device=grad.device)) * (h * w)  # [K, C]
+    # Channel-major order: the scatter below stays in one channel plane at a time (cache-friendly).
+    index = torch.where(argmax >= 0, argmax + plane[:, :, None, None], size).transpose(0, 1).flatten()
+    grad_input = grad.new_zeros(size + 1)  # the last slot takes the gradient of bins with no argmax
+    grad_input.index_add_(0, index, grad.transpose(0, 1).flatten())
+    return grad_input[:size].view(n, c, h, w)
 
 
 _FLT_MAX = torch.finfo(torch.float32).max

@@ -1,0 +1,275 @@
+"""roicli's ops as PyTorch operators (`torch.ops.roicli.*`): schemas, fake kernels, autograd, checks.
+
+    roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode)
+        -> (output Tensor[K, C, PH, PW], argmax)       argmax: see kernels/__init__.py
+    roi_pool(input, rois, spatial_scale, pooled_height, pooled_width) -> (output, argmax)
+    precise_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width, aligned) -> output
+    and one `*_backward` operator each (the gradient with respect to `input`).
+
+Every operator takes normalised arguments (`rois` Tensor[K, 5] from `_validate.as_rois`). Its
+layers, as torchvision's C++ operators have them:
+
+* a fake kernel: output shapes and dtypes from input shapes alone (K may be symbolic), so that
+  `torch.compile(fullgraph=True)` and `torch.export` see one node per op;
+* an autograd kernel: the forward operator below autograd, and the backward operator for the
+  gradient (so the backward compiles and exports too); double backward is not supported;
+* the real kernel (any device): checks the RoIs' *values* (finite coordinates, batch index an
+  integer in [0, N)), then calls the kernel module `kernels/select.py` chooses.
+
+Where the checks run: shapes, dtypes, devices and arguments in the Python front door (also while
+tracing); values in the real kernel here, on the data it is about to read — in eager mode, and
+when a compiled, exported, traced or scripted graph runs. (Tracing and fake tensors never see
+them.) An ONNX graph does not check values.
+
+Written with the low-level `torch.library.Library` API, which works from torch 2.3 on.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from roicli.errors import RoicliError
+from roicli.ops._validate import check_values
+from roicli.ops.kernels.select import kernel_for
+
+_lib = torch.library.Library("roicli", "DEF")
+_lib.define(
+    "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+    "int sampling_ratio, bool aligned, str mode) -> (Tensor, Tensor)"
+)
+_lib.define(
+    "roi_align_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
+    "int pooled_width, int sampling_ratio, bool aligned, str mode, SymInt batch_size, SymInt channels, "
+    "SymInt height, SymInt width) -> Tensor"
+)
+_lib.define(
+    "roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width)"
+    " -> (Tensor, Tensor)"
+)
+_lib.define(
+    "roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
+    "int pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor"
+)
+_lib.define(
+    "precise_roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+    "bool aligned) -> Tensor"
+)
+_lib.define(
+    "precise_roi_pool_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, "
+    "int pooled_width, bool aligned, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor"
+)
+
+_register_fake = getattr(torch.library, "register_fake", None) or torch.library.impl_abstract  # torch < 2.4
+
+# Set by the autograd kernel around a forward call whose argmax nobody will read (eager inference):
+# a kernel module with the optional `roi_pool_values` then skips the argmax work.
+_no_argmax = threading.local()
+
+
+# --------------------------------------------------------------------------- real kernels
+
+
+def _roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
+    check_values(rois, input.shape[0])
+    return kernel_for(input.device).roi_align_forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
+    )
+
+
+def _roi_align_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width, sampling_ratio,
+                        aligned, mode, batch_size, channels, height, width):
+    return kernel_for(grad.device).roi_align_backward(
+        grad, rois, argmax, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode,
+        batch_size, channels, height, width,
+    )
+
+
+def _roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    check_values(rois, input.shape[0])
+    kernel = kernel_for(input.device)
+    values = getattr(kernel, "roi_pool_values", None)
+    if values is not None and getattr(_no_argmax, "active", False):
+        out = values(input, rois, spatial_scale, pooled_height, pooled_width)
+        return out, out.new_full((), -1, dtype=torch.long).expand(out.shape)  # never read
+    return kernel.roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
+
+
+def _roi_pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
+                       batch_size, channels, height, width):
+    return kernel_for(grad.device).roi_pool_backward(
+        grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+    )
+
+
+def _precise_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    check_values(rois, input.shape[0])
+    return kernel_for(input.device).precise_roi_pool_forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, aligned
+    )
+
+
+def _precise_roi_pool_backward(grad, rois, spatial_scale, pooled_height, pooled_width, aligned,
+                               batch_size, channels, height, width):
+    return kernel_for(grad.device).precise_roi_pool_backward(
+        grad, rois, spatial_scale, pooled_height, pooled_width, aligned, batch_size, channels, height, width
+    )
+
+
+for _name, _fn in [
+    ("roi_align", _roi_align), ("roi_align_backward", _roi_align_backward),
+    ("roi_pool", _roi_pool), ("roi_pool_backward", _roi_pool_backward),
+    ("precise_roi_pool", _precise_roi_pool), ("precise_roi_pool_backward", _precise_roi_pool_backward),
+]:
+    _lib.impl(_name, _fn, "CompositeExplicitAutograd")
+
+
+# --------------------------------------------------------------------------- fake kernels
+
+
+@_register_fake("roicli::roi_align", lib=_lib)
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    argmax = input.new_empty(shape if mode == "max" else (0,), dtype=torch.long)
+    return input.new_empty(shape), argmax
+
+
+@_register_fake("roicli::roi_pool", lib=_lib)
+def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.long)
+
+
+@_register_fake("roicli::precise_roi_pool", lib=_lib)
+def _precise_roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+def _backward_fake(grad, *args):
+    batch_size, channels, height, width = args[-4:]
+    return grad.new_empty((batch_size, channels, height, width))
+
+
+for _name in ("roi_align_backward", "roi_pool_backward", "precise_roi_pool_backward"):
+    _register_fake(f"roicli::{_name}", _backward_fake, lib=_lib)
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _below_autograd(op, *args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+class _RoIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
+        return _below_autograd(torch.ops.roicli.roi_align.default, input, rois, spatial_scale,
+                               pooled_height, pooled_width, sampling_ratio, aligned, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(rois, output[1])
+        ctx.params, ctx.input_shape = params, input.shape
+
+    @staticmethod
+    def backward(ctx, grad, _grad_argmax):
+        rois, argmax = ctx.saved_tensors
+        grad_input = torch.ops.roicli.roi_align_backward.default(
+            grad.contiguous(), rois, argmax, *ctx.params, *ctx.input_shape
+        )
+        return (grad_input,) + (None,) * 7
+
+
+class _RoIPool(torch.autograd.Function):
+    @staticmethod
+    def forward(input, rois, spatial_scale, pooled_height, pooled_width):
+        return _below_autograd(torch.ops.roicli.roi_pool.default, input, rois, spatial_scale,
+                               pooled_height, pooled_width)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(rois, output[1])
+        ctx.params, ctx.input_shape = params, input.shape
+
+    @staticmethod
+    def backward(ctx, grad, _grad_argmax):
+        rois, argmax = ctx.saved_tensors
+        grad_input = torch.ops.roicli.roi_pool_backward.default(
+            grad.contiguous(), rois, argmax, *ctx.params, *ctx.input_shape
+        )
+        return (grad_input,) + (None,) * 4
+
+
+class _PreciseRoIPool(torch.autograd.Function):
+    @staticmethod
+    def forward(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
+        return _below_autograd(torch.ops.roicli.precise_roi_pool.default, input, rois, spatial_scale,
+                               pooled_height, pooled_width, aligned)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        ctx.save_for_backward(rois)
+        ctx.params, ctx.input_shape = params, input.shape
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        grad_input = torch.ops.roicli.precise_roi_pool_backward.default(
+            grad.contiguous(), rois, *ctx.params, *ctx.input_shape
+        )
+        return (grad_input,) + (None,) * 5
+
+
+def _autograd_kernel(function, op, no_argmax: bool = False):
+    def kernel(input, rois, *args):
+        if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
+            return function.apply(input, rois, *args)
+        if not no_argmax:
+            return _below_autograd(op, input, rois, *args)
+        _no_argmax.active = True
+        try:
+            return _below_autograd(op, input, rois, *args)
+        finally:
+            _no_argmax.active = False
+
+    return kernel
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(op, *args):
+        return _below_autograd(op, *args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op_name = str(inputs[0])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RoicliError(f"{ctx.op_name}: expected a first-order gradient, got a request for double backward")
+
+
+def _backward_autograd_kernel(op):
+    def kernel(grad, *args):
+        if torch.is_grad_enabled() and grad.requires_grad:
+            return _NoDoubleBackward.apply(op, grad, *args)
+        return _below_autograd(op, grad, *args)
+
+    return kernel
+
+
+_lib.impl("roi_align", _autograd_kernel(_RoIAlign, torch.ops.roicli.roi_align.default), "Autograd")
+_lib.impl("roi_pool", _autograd_kernel(_RoIPool, torch.ops.roicli.roi_pool.default, no_argmax=True), "Autograd")
+_lib.impl(
+    "precise_roi_pool", _autograd_kernel(_PreciseRoIPool, torch.ops.roicli.precise_roi_pool.default), "Autograd"
+)
+for _name in ("roi_align_backward", "roi_pool_backward", "precise_roi_pool_backward"):
+    _lib.impl(_name, _backward_autograd_kernel(getattr(torch.ops.roicli, _name).default), "Autograd")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from roicli.ops._validate import as_rois
 pytest.importorskip("triton", reason="triton is not installed (pip install 'roicli[triton]')")
 import roicli.ops.kernels.triton_kernels as tk  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = tk.INTERPRETED
 DEVICE = "cpu" if INTERPRET else "cuda"
 RUNS_HERE = INTERPRET or torch.cuda.is_available()
 needs_runner = pytest.mark.skipif(
@@ -167,7 +168,7 @@ def test_roi_align_matches_reference(aligned, mode):
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_roi_align_dtypes(dtype, mode):
     x = _map(MAP, dtype, seed=4)
-    out, _ = _check_roi_align(x, _boxes(INSIDE + EDGES[:2]), (3, 4), 0.7, -1, False, mode)
+    out, _ = _check_roi_align(x, _boxes(INSIDE[:2] + EDGES[:2]), (3, 4), 0.7, -1, False, mode)
     assert out.dtype == dtype
 
 
@@ -175,13 +176,13 @@ def test_roi_align_dtypes(dtype, mode):
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_roi_align_layouts_give_the_same_numbers(layout):
     x = _map(MAP, seed=5, layout=layout)
-    rois = as_rois(_boxes(VARIED), x)
+    rois = as_rois(_boxes(INSIDE[:3]), x)
     for mode in ("avg", "max"):
-        got = tk.roi_align_forward(x, rois, 1.0, 2, 3, -1, True, mode)
-        want = tk.roi_align_forward(x.contiguous(), rois, 1.0, 2, 3, -1, True, mode)
+        got = tk.roi_align_forward(x, rois, 1.0, 2, 3, 2, True, mode)
+        want = tk.roi_align_forward(x.contiguous(), rois, 1.0, 2, 3, 2, True, mode)
         assert_close(got[0], want[0], atol=0, rtol=0)
         assert_close(got[1], want[1], atol=0, rtol=0)
-    _check_roi_align(x, _boxes(VARIED), (2, 3), 1.0, 2, False, "avg")
+    _check_roi_align(x, _boxes(INSIDE[:2]), (2, 3), 1.0, 2, False, "avg")
 
 
 @needs_runner
@@ -240,7 +241,7 @@ def test_roi_pool_matches_ops_reference_and_gradients(name, shape, rows, size, s
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_roi_pool_dtypes(dtype):
     x = _map(MAP, dtype, seed=7)
-    out, _ = _check_roi_pool(x, _boxes(INSIDE + EDGES), (3, 4), 0.7)
+    out, _ = _check_roi_pool(x, _boxes(INSIDE[:2] + EDGES[:4]), (3, 4), 0.7)
     assert out.dtype == dtype
 
 
@@ -304,7 +305,8 @@ def test_precise_roi_pool_matches_reference(aligned):
 @needs_runner
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_precise_roi_pool_dtypes(dtype):
-    out = _check_precise(_map(MAP, dtype, seed=11, layout="channels_last"), _boxes(INSIDE + EDGES), (3, 4), 0.7, True)
+    x = _map(MAP, dtype, seed=11, layout="channels_last")
+    out = _check_precise(x, _boxes(INSIDE[:2] + EDGES[:3]), (3, 4), 0.7, True)
     assert out.dtype == dtype
 
 
@@ -421,10 +423,11 @@ def test_interpreter_run():
     if shared.exists():
         targets.append(f"{shared}")
     env = dict(os.environ, TRITON_INTERPRET="1", ROICLI_TRITON_SUBPROCESS="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *targets]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", *targets]
     if shared.exists():
         cmd += ["-k", "triton"]
     result = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     tail = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"interpreter run failed:\n{tail}"
-    assert " passed" in result.stdout, tail
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 40, tail  # the kernel tests ran, not skipped

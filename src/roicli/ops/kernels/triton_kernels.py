@@ -33,11 +33,35 @@ accumulated in a float32 buffer and rounded once.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from roicli.errors import KernelUnavailable
+
+
+def _interpreting() -> bool:
+    """Whether `@triton.jit` builds interpreted kernels in this process (decided at import)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on", "y")
+
+
+# Under TRITON_INTERPRET=1 the kernels below are interpreted: they run on CPU tensors (and only there).
+INTERPRETED = _interpreting()
+DEVICES = ("cpu",) if INTERPRETED else ("cuda",)
+
+
+def check() -> None:
+    """Raises KernelUnavailable when these kernels cannot run in this process (see `select.py`)."""
+    if not INTERPRETED and not torch.cuda.is_available():
+        raise KernelUnavailable(
+            "triton kernels: no CUDA device (TRITON_INTERPRET=1 runs them on CPU tensors in Triton's interpreter)"
+        )
 
 # Elements in one program's tile [BB, BC]; bins per tile at most _MAX_BINS (powers of two).
 _TILE = 2048
@@ -326,7 +350,7 @@ def _roi_pool_fwd(
             arg = tl.where(take, (y * W + x).to(tl.int64)[:, None], arg)
     empty = ((y_len <= 0) | (x_len <= 0))[:, None]
     o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]  # [BB, BC]
-    tl.store(out_ptr + o, tl.where(empty, 0.0, best).to(out_ptr.dtype.element_ty), mask=m2)
+    tl.store(out_ptr + o, tl.where(empty | ~m2, 0.0, best).to(out_ptr.dtype.element_ty), mask=m2)
     tl.store(arg_ptr + o, arg, mask=m2)
 
 

@@ -426,3 +426,46 @@ def test_read_rois_csv_only_header_is_empty_and_blank_is_error():
     with pytest.raises(InputError, match="no RoIs"):
         read_rois(" \n", "b.json")
     assert ROIS_CSV.exists()
+
+
+def test_write_is_atomic_when_killed_half_way(tmp_path: Path, monkeypatch):
+    """Issue 12 item 6 (and 9 item 4): a write that dies half-way (here: Ctrl-C after the first
+    piece) leaves the old file intact and no partial or temp file; so does a failing rename."""
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"old contents")
+    real_write = output_mod.os.fdopen
+
+    class Dies:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.n += 1
+            if self.n > 1:
+                raise KeyboardInterrupt
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(output_mod.os, "fdopen", lambda fd, mode: Dies(real_write(fd, mode)))
+    with pytest.raises(KeyboardInterrupt):
+        output_mod.write_output(str(out), [b"first piece ", b"second piece"])
+    assert out.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["o.safetensors"]
+    monkeypatch.setattr(output_mod.os, "fdopen", real_write)
+
+    def no_rename(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(output_mod.os, "replace", no_rename)
+    with pytest.raises(roicli.errors.OutputError, match="cannot write"):
+        output_mod.write_output(str(out), b"new contents")
+    assert out.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["o.safetensors"]

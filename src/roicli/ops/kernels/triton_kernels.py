@@ -6,9 +6,12 @@ validated and normalised by the front door, `input` is `Tensor[N, C, H, W]` in a
 float32 otherwise), and outputs are contiguous.
 
 Layout of the work: one program per (RoI, block of bins, block of channels). A program holds a tile
-`[BB, BC]` (bins x channels, channels the vector dimension); per-RoI geometry is a handful of scalars,
-per-bin geometry a `[BB]` vector, so every tap is one masked gather of `[BB, BC]` elements. Sample
-grids are loop bounds read from the data (adaptive sampling needs no padding to the largest grid).
+`[BC, BB]` (channels x bins); per-RoI geometry is a handful of scalars, per-bin geometry a `[BB]`
+vector shared by all channels, so every tap is one masked gather of `[BC, BB]` elements. Bins are
+the fastest tile dimension (neighbouring threads take neighbouring bins of one channel): the output
+`[K, C, PH, PW]` and an NCHW map are contiguous along bins/columns, not along channels, so loads and
+stores of a warp touch few cache lines. Sample grids are loop bounds read from the data (adaptive
+sampling needs no padding to the largest grid).
 
 Numbers:
 - Geometry follows the torch reference bit for bit: sample positions and window edges are computed in
@@ -63,7 +66,7 @@ def check() -> None:
             "triton kernels: no CUDA device (TRITON_INTERPRET=1 runs them on CPU tensors in Triton's interpreter)"
         )
 
-# Elements in one program's tile [BB, BC]; bins per tile at most _MAX_BINS (powers of two).
+# Elements in one program's tile [BC, BB]; bins per tile at most _MAX_BINS (powers of two).
 _TILE = 2048
 _MAX_BINS = 64
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)  # the largest float32
@@ -203,40 +206,41 @@ def _roi_align_fwd(
     acc_t = scale.dtype  # rois come in the compute dtype: float32, or float64 for float64 maps
     ph = (bins // PW).to(acc_t)  # [BB]
     pw = (bins % PW).to(acc_t)
-    plane = batch * sN + chans.to(tl.int64) * sC  # [BC]
-    m2 = bmask[:, None] & cmask[None, :]  # [BB, BC]
-    acc = tl.zeros((BB, BC), acc_t)
-    best = tl.full((BB, BC), float("-inf"), acc_t)
-    arg = tl.full((BB, BC), -1, tl.int64)
+    plane = (batch * sN + chans.to(tl.int64) * sC)[:, None]  # [BC, 1]
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
+    acc = tl.zeros((BC, BB), acc_t)
+    best = tl.full((BC, BB), float("-inf"), acc_t)
+    arg = tl.full((BC, BB), -1, tl.int64)
     gh_t = gh.to(acc_t)
     gw_t = gw.to(acc_t)
     for iy in range(gh):
         y = (lo_y + ph * bin_h) + _div((iy + 0.5) * bin_h, gh_t)  # [BB], torchvision's order
         y0, y1, hy, ly, vy = _sample_taps(y, H)
-        row0 = plane[None, :] + (y0.to(tl.int64) * sH)[:, None]  # [BB, BC]
-        row1 = plane[None, :] + (y1.to(tl.int64) * sH)[:, None]
+        row0 = plane + (y0.to(tl.int64) * sH)[None, :]  # [BC, BB]
+        row1 = plane + (y1.to(tl.int64) * sH)[None, :]
         for ix in range(gw):
             x = (lo_x + pw * bin_w) + _div((ix + 0.5) * bin_w, gw_t)  # [BB]
             x0, x1, hx, lx, vx = _sample_taps(x, W)
-            m = m2 & (vy & vx)[:, None]
-            c0 = (x0.to(tl.int64) * sW)[:, None]
-            c1 = (x1.to(tl.int64) * sW)[:, None]
-            v00 = tl.load(x_ptr + row0 + c0, mask=m, other=0.0).to(acc_t)
+            valid = vy & vx  # [BB]
+            m = m2 & valid[None, :]
+            c0 = (x0.to(tl.int64) * sW)[None, :]
+            c1 = (x1.to(tl.int64) * sW)[None, :]
+            v00 = tl.load(x_ptr + row0 + c0, mask=m, other=0.0).to(acc_t)  # [BC, BB]
             v01 = tl.load(x_ptr + row0 + c1, mask=m, other=0.0).to(acc_t)
             v10 = tl.load(x_ptr + row1 + c0, mask=m, other=0.0).to(acc_t)
             v11 = tl.load(x_ptr + row1 + c1, mask=m, other=0.0).to(acc_t)
-            w00 = tl.where(vy & vx, hy * hx, 0.0)[:, None]
-            w01 = tl.where(vy & vx, hy * lx, 0.0)[:, None]
-            w10 = tl.where(vy & vx, ly * hx, 0.0)[:, None]
-            w11 = tl.where(vy & vx, ly * lx, 0.0)[:, None]
-            val = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11  # [BB, BC]
+            w00 = tl.where(valid, hy * hx, 0.0)[None, :]
+            w01 = tl.where(valid, hy * lx, 0.0)[None, :]
+            w10 = tl.where(valid, ly * hx, 0.0)[None, :]
+            w11 = tl.where(valid, ly * lx, 0.0)[None, :]
+            val = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11  # [BC, BB]
             if MAX_MODE:
                 take = (arg < 0) | (val > best) | ((val != val) & (best == best))
                 best = tl.where(take, val, best)
                 arg = tl.where(take, iy * gw + ix, arg)
             else:
                 acc += val
-    o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]  # [BB, BC]
+    o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]  # [BC, BB]
     if MAX_MODE:
         tl.store(out_ptr + o, tl.where(arg < 0, 0.0, best).to(out_ptr.dtype.element_ty), mask=m2)
         tl.store(arg_ptr + o, arg, mask=m2)
@@ -261,22 +265,22 @@ def _roi_align_bwd(
     acc_t = scale.dtype
     ph = bins // PW  # [BB]
     pw = bins % PW
-    m2 = bmask[:, None] & cmask[None, :]  # [BB, BC]
-    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[None, :] * gC + (ph.to(tl.int64) * gH)[:, None]
-          + (pw.to(tl.int64) * gW)[:, None])
-    grad = tl.load(g_ptr + gi, mask=m2, other=0.0).to(acc_t)  # [BB, BC]
-    plane = ((batch * C + chans.to(tl.int64)) * H * W)[None, :]  # [1, BC]: grad_input is contiguous
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
+    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[:, None] * gC + (ph.to(tl.int64) * gH)[None, :]
+          + (pw.to(tl.int64) * gW)[None, :])
+    grad = tl.load(g_ptr + gi, mask=m2, other=0.0).to(acc_t)  # [BC, BB]
+    plane = ((batch * C + chans.to(tl.int64)) * H * W)[:, None]  # [BC, 1]: grad_input is contiguous
     gh_t = tl.maximum(gh, 1).to(acc_t)  # no grid: no sample, and no division by 0 in masked lanes
     gw_t = tl.maximum(gw, 1).to(acc_t)
     if MAX_MODE:
-        o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]
+        o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]
         arg = tl.load(arg_ptr + o, mask=m2, other=-1)
         has = m2 & (arg >= 0)
         a = tl.maximum(arg, 0)
-        iy = (a // tl.maximum(gw, 1)).to(acc_t)  # [BB, BC]
+        iy = (a // tl.maximum(gw, 1)).to(acc_t)  # [BC, BB]
         ix = (a % tl.maximum(gw, 1)).to(acc_t)
-        y = (lo_y + ph.to(acc_t)[:, None] * bin_h) + _div((iy + 0.5) * bin_h, gh_t)  # [BB, BC]
-        x = (lo_x + pw.to(acc_t)[:, None] * bin_w) + _div((ix + 0.5) * bin_w, gw_t)
+        y = (lo_y + ph.to(acc_t)[None, :] * bin_h) + _div((iy + 0.5) * bin_h, gh_t)  # [BC, BB]
+        x = (lo_x + pw.to(acc_t)[None, :] * bin_w) + _div((ix + 0.5) * bin_w, gw_t)
         y0, y1, hy, ly, vy = _sample_taps(y, H)
         x0, x1, hx, lx, vx = _sample_taps(x, W)
         m = has & vy & vx
@@ -287,27 +291,27 @@ def _roi_align_bwd(
         tl.atomic_add(dx_ptr + r1 + x0, (ly * hx * grad).to(dx_ptr.dtype.element_ty), mask=m, sem="relaxed")
         tl.atomic_add(dx_ptr + r1 + x1, (ly * lx * grad).to(dx_ptr.dtype.element_ty), mask=m, sem="relaxed")
     else:
-        g = _div(grad, tl.maximum(gh * gw, 1).to(acc_t))  # [BB, BC]
+        g = _div(grad, tl.maximum(gh * gw, 1).to(acc_t))  # [BC, BB]
         phf = ph.to(acc_t)
         pwf = pw.to(acc_t)
         for iy in range(gh):
             y = (lo_y + phf * bin_h) + _div((iy + 0.5) * bin_h, gh_t)  # [BB]
             y0, y1, hy, ly, vy = _sample_taps(y, H)
-            r0 = plane + (y0.to(tl.int64) * W)[:, None]  # [BB, BC]
-            r1 = plane + (y1.to(tl.int64) * W)[:, None]
+            r0 = plane + (y0.to(tl.int64) * W)[None, :]  # [BC, BB]
+            r1 = plane + (y1.to(tl.int64) * W)[None, :]
             for ix in range(gw):
                 x = (lo_x + pwf * bin_w) + _div((ix + 0.5) * bin_w, gw_t)
                 x0, x1, hx, lx, vx = _sample_taps(x, W)
-                m = m2 & (vy & vx)[:, None]
-                c0 = x0[:, None]
-                c1 = x1[:, None]
-                tl.atomic_add(dx_ptr + r0 + c0, ((hy * hx)[:, None] * g).to(dx_ptr.dtype.element_ty), mask=m,
+                m = m2 & (vy & vx)[None, :]
+                c0 = x0[None, :]
+                c1 = x1[None, :]
+                tl.atomic_add(dx_ptr + r0 + c0, ((hy * hx)[None, :] * g).to(dx_ptr.dtype.element_ty), mask=m,
                               sem="relaxed")
-                tl.atomic_add(dx_ptr + r0 + c1, ((hy * lx)[:, None] * g).to(dx_ptr.dtype.element_ty), mask=m,
+                tl.atomic_add(dx_ptr + r0 + c1, ((hy * lx)[None, :] * g).to(dx_ptr.dtype.element_ty), mask=m,
                               sem="relaxed")
-                tl.atomic_add(dx_ptr + r1 + c0, ((ly * hx)[:, None] * g).to(dx_ptr.dtype.element_ty), mask=m,
+                tl.atomic_add(dx_ptr + r1 + c0, ((ly * hx)[None, :] * g).to(dx_ptr.dtype.element_ty), mask=m,
                               sem="relaxed")
-                tl.atomic_add(dx_ptr + r1 + c1, ((ly * lx)[:, None] * g).to(dx_ptr.dtype.element_ty), mask=m,
+                tl.atomic_add(dx_ptr + r1 + c1, ((ly * lx)[None, :] * g).to(dx_ptr.dtype.element_ty), mask=m,
                               sem="relaxed")
 
 
@@ -333,23 +337,23 @@ def _roi_pool_fwd(
     x_start, x_end = _pool_window(bins % PW, lo_x, bin_w, W)
     y_len = tl.where(bmask, y_end - y_start, 0)
     x_len = tl.where(bmask, x_end - x_start, 0)
-    plane = batch * sN + chans.to(tl.int64) * sC  # [BC]
-    m2 = bmask[:, None] & cmask[None, :]  # [BB, BC]
+    plane = (batch * sN + chans.to(tl.int64) * sC)[:, None]  # [BC, 1]
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
     acc_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    best = tl.full((BB, BC), -_FLT_MAX, acc_t)
-    arg = tl.full((BB, BC), -1, tl.int64)
+    best = tl.full((BC, BB), -_FLT_MAX, acc_t)
+    arg = tl.full((BC, BB), -1, tl.int64)
     for dy in range(tl.max(y_len, 0)):  # row-major scan with a strict '>': the first maximum wins
         y = y_start + dy  # [BB]
-        row = plane[None, :] + (y.to(tl.int64) * sH)[:, None]
+        row = plane + (y.to(tl.int64) * sH)[None, :]  # [BC, BB]
         for dx in range(tl.max(x_len, 0)):
             x = x_start + dx
-            m = m2 & ((dy < y_len) & (dx < x_len))[:, None]
-            v = tl.load(x_ptr + row + (x.to(tl.int64) * sW)[:, None], mask=m, other=float("nan")).to(acc_t)
+            m = m2 & ((dy < y_len) & (dx < x_len))[None, :]
+            v = tl.load(x_ptr + row + (x.to(tl.int64) * sW)[None, :], mask=m, other=float("nan")).to(acc_t)
             take = v > best  # False for NaN (and for the masked-off lanes)
             best = tl.where(take, v, best)
-            arg = tl.where(take, (y * W + x).to(tl.int64)[:, None], arg)
-    empty = ((y_len <= 0) | (x_len <= 0))[:, None]
-    o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]  # [BB, BC]
+            arg = tl.where(take, (y * W + x).to(tl.int64)[None, :], arg)
+    empty = ((y_len <= 0) | (x_len <= 0))[None, :]
+    o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]  # [BC, BB]
     tl.store(out_ptr + o, tl.where(empty | ~m2, 0.0, best).to(out_ptr.dtype.element_ty), mask=m2)
     tl.store(arg_ptr + o, arg, mask=m2)
 
@@ -363,14 +367,14 @@ def _roi_pool_bwd(
 ):
     k, bins, bmask, chans, cmask = _tile(tl.program_id(0), tl.program_id(1), n_bin_blocks, PH * PW, C, BB, BC)
     batch = tl.load(rois_ptr + k.to(tl.int64) * 5).to(tl.int64)
-    m2 = bmask[:, None] & cmask[None, :]
-    o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]
-    arg = tl.load(arg_ptr + o, mask=m2, other=-1)  # [BB, BC]
-    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[None, :] * gC + ((bins // PW).to(tl.int64) * gH)[:, None]
-          + ((bins % PW).to(tl.int64) * gW)[:, None])
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
+    o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]
+    arg = tl.load(arg_ptr + o, mask=m2, other=-1)  # [BC, BB]
+    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[:, None] * gC + ((bins // PW).to(tl.int64) * gH)[None, :]
+          + ((bins % PW).to(tl.int64) * gW)[None, :])
     m = m2 & (arg >= 0)
     grad = tl.load(g_ptr + gi, mask=m, other=0.0)
-    plane = ((batch * C + chans.to(tl.int64)) * H * W)[None, :]
+    plane = ((batch * C + chans.to(tl.int64)) * H * W)[:, None]
     tl.atomic_add(dx_ptr + plane + arg, grad.to(dx_ptr.dtype.element_ty), mask=m, sem="relaxed")
 
 
@@ -407,20 +411,20 @@ def _precise_fwd(
     batch, ay, by, fy, ny, ax, bx, fx, nx = _precise_geometry(rois_ptr, scale_ptr, k, bins, PH, PW, H, W, bmask,
                                                               ALIGNED)
     acc_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
-    plane = batch * sN + chans.to(tl.int64) * sC  # [BC]
-    m2 = bmask[:, None] & cmask[None, :]
-    acc = tl.zeros((BB, BC), acc_t)
+    plane = (batch * sN + chans.to(tl.int64) * sC)[:, None]  # [BC, 1]
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
+    acc = tl.zeros((BC, BB), acc_t)
     for ty in range(tl.max(ny, 0)):
         iy = fy + ty  # [BB]
         wy = tl.where(ty < ny, _tent_weight(ay, by, iy), 0.0)  # float64 [BB]
-        row = plane[None, :] + (iy.to(tl.int64) * sH)[:, None]
+        row = plane + (iy.to(tl.int64) * sH)[None, :]  # [BC, BB]
         for tx in range(tl.max(nx, 0)):
             ix = fx + tx
             wx = tl.where(tx < nx, _tent_weight(ax, bx, ix), 0.0)
-            m = m2 & ((ty < ny) & (tx < nx))[:, None]
-            v = tl.load(x_ptr + row + (ix.to(tl.int64) * sW)[:, None], mask=m, other=0.0).to(acc_t)
-            acc += (wy * wx).to(acc_t)[:, None] * v
-    o = (k.to(tl.int64) * C + chans.to(tl.int64))[None, :] * (PH * PW) + bins[:, None]
+            m = m2 & ((ty < ny) & (tx < nx))[None, :]
+            v = tl.load(x_ptr + row + (ix.to(tl.int64) * sW)[None, :], mask=m, other=0.0).to(acc_t)
+            acc += (wy * wx).to(acc_t)[None, :] * v
+    o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]
     tl.store(out_ptr + o, acc.to(out_ptr.dtype.element_ty), mask=m2)
 
 
@@ -435,20 +439,20 @@ def _precise_bwd(
     batch, ay, by, fy, ny, ax, bx, fx, nx = _precise_geometry(rois_ptr, scale_ptr, k, bins, PH, PW, H, W, bmask,
                                                               ALIGNED)
     acc_t = dx_ptr.dtype.element_ty
-    m2 = bmask[:, None] & cmask[None, :]
-    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[None, :] * gC + ((bins // PW).to(tl.int64) * gH)[:, None]
-          + ((bins % PW).to(tl.int64) * gW)[:, None])
-    grad = tl.load(g_ptr + gi, mask=m2, other=0.0).to(acc_t)  # [BB, BC]
-    plane = ((batch * C + chans.to(tl.int64)) * H * W)[None, :]
+    m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
+    gi = (k.to(tl.int64) * gK + chans.to(tl.int64)[:, None] * gC + ((bins // PW).to(tl.int64) * gH)[None, :]
+          + ((bins % PW).to(tl.int64) * gW)[None, :])
+    grad = tl.load(g_ptr + gi, mask=m2, other=0.0).to(acc_t)  # [BC, BB]
+    plane = ((batch * C + chans.to(tl.int64)) * H * W)[:, None]
     for ty in range(tl.max(ny, 0)):
         iy = fy + ty
         wy = tl.where(ty < ny, _tent_weight(ay, by, iy), 0.0)
-        row = plane + (iy.to(tl.int64) * W)[:, None]
+        row = plane + (iy.to(tl.int64) * W)[None, :]
         for tx in range(tl.max(nx, 0)):
             ix = fx + tx
             wx = tl.where(tx < nx, _tent_weight(ax, bx, ix), 0.0)
-            m = m2 & ((ty < ny) & (tx < nx))[:, None]
-            tl.atomic_add(dx_ptr + row + ix[:, None], (wy * wx).to(acc_t)[:, None] * grad, mask=m, sem="relaxed")
+            m = m2 & ((ty < ny) & (tx < nx))[None, :]
+            tl.atomic_add(dx_ptr + row + ix[None, :], (wy * wx).to(acc_t)[None, :] * grad, mask=m, sem="relaxed")
 
 
 # --------------------------------------------------------------------------------------------------

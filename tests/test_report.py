@@ -113,9 +113,11 @@ def test_classic_geometry_by_hand():
         assert row[f"{ax}_max_window"] == max(widths) == 4
         assert row[f"{ax}_max_overlap"] == max(overlaps) == 1
         assert row[f"{ax}_start_shift_cells"] == 0 and row[f"{ax}_start_shift_px"] == 0
-        assert row[f"{ax}_end_shift_cells"] == pytest.approx(0.21875, abs=1e-12)
-        assert row[f"{ax}_end_shift_px"] == pytest.approx((21 - 20.78125) * 32, abs=1e-9)
-        assert row[f"{ax}_end_shift_px"] == pytest.approx(7.0, abs=1e-9)
+        # The end cell 21 is included: the rounded RoI ends where cell 22 starts (issue 9, item 11).
+        assert row[f"{ax}_end_shift_cells"] == pytest.approx(1.21875, abs=1e-12)
+        assert row[f"{ax}_end_shift_px"] == pytest.approx((22 - 20.78125) * 32, abs=1e-9)
+        assert row[f"{ax}_end_shift_px"] == pytest.approx(39.0, abs=1e-9)
+        assert row[f"{ax}_quantized_size_px"] == 22 * 32
         assert row[f"{ax}_worst_edge_px"] == pytest.approx(worst_cells * 32, abs=1e-9) == 39
     # The exact box [0, 20.78125)^2 lies inside the quantized one [0, 22)^2: IoU = area ratio.
     inter = 20.78125 * 20.78125
@@ -147,7 +149,7 @@ def test_classic_explain_truncating_illustration():
     assert round((0.78 * 32) ** 2, 4) == 623.0016 and round((0.86 * 7) ** 2, 4) == 36.2404
     for s in ("20.78", "25 px", "2.857", "0.8571", "6 of 20 cells", "625", "36", "623.0016", "36.2404"):
         assert s in text, s
-    assert "cells 0 .. 21 -> 22 cells" in text and "+7 px" in text
+    assert "cells 0 .. 21 -> 22 cells = 0 .. 704 px" in text and "+39 px" in text
     assert "0.8923" in text  # roi_iou = (20.78125 / 22)^2
     assert text == ok("compare", VGG, ROIS_665, "--explain", "classic").stdout
 
@@ -272,7 +274,8 @@ def test_summary_and_buckets_match_rows():
     assert [r["id"] for r in rows] == ["car", "person", "sign", "bike", "dog"]
     assert data["spatial_scale"] == 1 / 16 and data["rois"] == 5
     summary = {s["figure"]: s for s in data["summary"]}
-    cols = ["quant_rel_err", "align_rel_err", "pool_vs_align_max", "worst_edge_px", "roi_iou", "mean_bin_iou"]
+    cols = ["quant_rel_err", "align_rel_err", "pool_vs_align_max", "worst_edge_px", "roi_iou", "mean_bin_iou",
+            "pool_vs_align", "pool_vs_exact"]
     assert list(summary) == cols
     for col in cols:
         v = [r[col] for r in rows]
@@ -514,10 +517,12 @@ def test_draw_crop_and_max_size():
 
 # ---- roicli show -----------------------------------------------------------------------------------
 
+OLD_SHOW = ("--sampling-ratio", "2", "--aligned")  # the sample points these pictures were worked out for
+
 
 def test_show_classic(tmp_path):
     out = tmp_path / "classic.png"
-    result = ok("show", VGG, ROIS_665, "-o", out)
+    result = ok("show", VGG, ROIS_665, "-o", out, *OLD_SHOW)
     assert result.stdout == "" and "1120x1200" in result.stderr
     img = Image.open(out).convert("RGB")
     # Crop by hand: box 0..665 +- 2 cells (64 px), clipped to the 800 px image -> 0..729; the legend band
@@ -536,7 +541,7 @@ def test_show_classic(tmp_path):
 
 def test_show_sign_on_feats(tmp_path):
     out = tmp_path / "sign.png"
-    ok("show", FEATS, ROIS, "--roi", "sign", "-o", out)
+    ok("show", FEATS, ROIS, "--roi", "sign", "-o", out, *OLD_SHOW)
     img = Image.open(out).convert("RGB")
     # Crop: 650..705 x 40..95 +- 32 px -> 618..737 x 8..127 (119 px) -> zoom 1200 / 119.
     x0, y0, zoom = 618, 8, (1200 - CLI_BAND) / 119
@@ -567,7 +572,7 @@ def test_show_sign_on_feats(tmp_path):
 
 def test_show_over_image(tmp_path):
     out = tmp_path / "scene_out.png"
-    ok("show", SCENE, PYRAMID_ROIS, "--roi", "1", "-o", out)
+    ok("show", SCENE, PYRAMID_ROIS, "--roi", "1", "-o", out, *OLD_SHOW)
     img = Image.open(out).convert("RGB")
     scene = Image.open(SCENE).convert("RGB")
     # Built-in backbone: stride 8. RoI 1 = [60, 20, 160, 120] +- 16 px -> 44..176 x 4..136 -> zoom 1200/132.

@@ -5,6 +5,8 @@ The picture of the Mask R-CNN paper, for the user's own data: the exact RoI and 
 points (blue), over the feature cells (grey grid) of a heat map of the features or of the image.
 All geometry comes from the ops' own functions, in image pixels: feature cell i spans
 [i / scale, (i + 1) / scale), and a feature pixel coordinate c is the image point (c + 0.5) / scale.
+The rounded RoI is the report's (`roicli.report.pool_geometry`): cells `round(x1) .. round(x2)`
+inclusive, so its end edge is drawn at `(round(x2) + 1) / scale`, where the report's end shift puts it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from roicli.ops.roi_align import sample_points
 from roicli.ops.roi_pool import pool_windows
+from roicli.report import pool_geometry
 
 EXACT = (40, 200, 70)
 QUANTIZED = (230, 40, 40)
@@ -61,24 +64,28 @@ def draw(
     max_size: int = 1200,
     crop: bool = True,
     legend: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Image.Image, View]:
     """Draw the RoIs `boxes` (`Tensor[R, 4]`, xyxy image px) over `background`.
 
     background `[h, w, 3]` uint8 covers the image at `background_scale` background pixels per image
-    pixel (1 for an image; `spatial_scale` for a heat map of the features). Returns the picture and
-    the image->canvas mapping (for tests and callers that add marks).
+    pixel (1 for an image; `spatial_scale` for a heat map of the features). `dtype`: the op's compute
+    dtype, in which RoI Pool rounds the box edges (float32 unless the features are float64). Returns
+    the picture and the image->canvas mapping (for tests and callers that add marks). A crop that
+    would hold none of the map (boxes entirely outside it) shows the whole map.
     """
     fh, fw = feature_size
     img_w, img_h = fw / spatial_scale, fh / spatial_scale
     boxes = boxes.double()
+    x0, y0, x1, y1 = 0.0, 0.0, img_w, img_h
     if crop and boxes.numel():
         margin = 2 / spatial_scale
-        x0 = max(0.0, float(boxes[:, [0, 2]].min()) - margin)
-        y0 = max(0.0, float(boxes[:, [1, 3]].min()) - margin)
-        x1 = min(img_w, float(boxes[:, [0, 2]].max()) + margin)
-        y1 = min(img_h, float(boxes[:, [1, 3]].max()) + margin)
-    else:
-        x0, y0, x1, y1 = 0.0, 0.0, img_w, img_h
+        cx0 = max(0.0, float(boxes[:, [0, 2]].min()) - margin)
+        cy0 = max(0.0, float(boxes[:, [1, 3]].min()) - margin)
+        cx1 = min(img_w, float(boxes[:, [0, 2]].max()) + margin)
+        cy1 = min(img_h, float(boxes[:, [1, 3]].max()) + margin)
+        if cx1 > cx0 and cy1 > cy0:
+            x0, y0, x1, y1 = cx0, cy0, cx1, cy1
     notes = _wrap(legend or [], max_size)
     band = _band_height(notes) if _band_height(notes) <= max_size // 2 else 0  # no room: no legend
     zoom = min(max_size / max(x1 - x0, 1e-9), (max_size - band) / max(y1 - y0, 1e-9), 64.0)
@@ -101,12 +108,22 @@ def draw(
             d.line([(0, y), (size[0], y)], fill=GRID, width=1)
 
     ph, pw = output_size
-    for b in boxes:
+    r_count = boxes.shape[0]
+    geometry = pool_geometry(
+        boxes,
+        torch.zeros(r_count, dtype=torch.long),
+        list(range(r_count)),
+        torch.full((r_count,), spatial_scale, dtype=torch.float64),
+        output_size,
+        torch.tensor([[fh, fw]] * r_count, dtype=torch.long).reshape(-1, 2),
+        dtype,
+    )
+    for b, g in zip(boxes, geometry):
         bx = b[None, [0, 2]]  # [1, 2]
         by = b[None, [1, 3]]
-        # RoI Pool: rounded cells (end inclusive) and integer windows, in image px.
-        lo_x, ws, we = pool_windows(bx[:, 0].float(), bx[:, 1].float(), spatial_scale, pw, fw)
-        lo_y, hs, he = pool_windows(by[:, 0].float(), by[:, 1].float(), spatial_scale, ph, fh)
+        # RoI Pool: integer windows (clipped to the map, as the op reads them), in image px.
+        _, ws, we = pool_windows(bx[:, 0].to(dtype), bx[:, 1].to(dtype), spatial_scale, pw, fw)
+        _, hs, he = pool_windows(by[:, 0].to(dtype), by[:, 1].to(dtype), spatial_scale, ph, fh)
         for p in range(ph):
             for q in range(pw):
                 if he[0, p] > hs[0, p] and we[0, q] > ws[0, q]:
@@ -118,8 +135,10 @@ def draw(
                         QUANTIZED,
                         2,
                     )
-        rx1, ry1 = int(ws[0].min()), int(hs[0].min())
-        rx2, ry2 = int(we[0].max()), int(he[0].max())
+        # The rounded RoI: cells rounded_start .. rounded_end inclusive (at least the one cell an
+        # inverted box's windows read), as the report gives it.
+        rx1, ry1 = g.x.rounded_start, g.y.rounded_start
+        rx2, ry2 = max(g.x.rounded_end, rx1) + 1, max(g.y.rounded_end, ry1) + 1
         _rect(d, view, [rx1, ry1, rx2, ry2], 1 / spatial_scale, QUANTIZED, 4)
         # Exact RoI and bins.
         xs = [float(b[0] + (b[2] - b[0]) * q / pw) for q in range(pw + 1)]
@@ -128,7 +147,8 @@ def draw(
             d.line([view(x, ys[0]), view(x, ys[-1])], fill=EXACT, width=1)
         for y in ys:
             d.line([view(xs[0], y), view(xs[-1], y)], fill=EXACT, width=1)
-        d.rectangle([view(xs[0], ys[0]), view(xs[-1], ys[-1])], outline=EXACT, width=3)
+        (ex0, ey0), (ex1, ey1) = view(xs[0], ys[0]), view(xs[-1], ys[-1])
+        d.rectangle([min(ex0, ex1), min(ey0, ey1), max(ex0, ex1), max(ey0, ey1)], outline=EXACT, width=3)
         # RoI Align's samples: feature coordinate c is the image point (c + 0.5) / scale.
         px, gx = sample_points(bx[:, 0], bx[:, 1], spatial_scale, pw, sampling_ratio, aligned)
         py, gy = sample_points(by[:, 0], by[:, 1], spatial_scale, ph, sampling_ratio, aligned)
@@ -146,7 +166,7 @@ def _rect(d: ImageDraw.ImageDraw, view: View, cells: list[int], px_per_cell: flo
     """Outline feature cells [x1, x2) x [y1, y2) given as cell indices."""
     x1, y1, x2, y2 = (c * px_per_cell for c in cells)
     a, b = view(x1, y1), view(x2, y2)
-    d.rectangle([a, (b[0] - 1, b[1] - 1)], outline=colour, width=width)
+    d.rectangle([a, (max(b[0] - 1, a[0]), max(b[1] - 1, a[1]))], outline=colour, width=width)
 
 
 LEGEND = [

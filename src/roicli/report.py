@@ -3,7 +3,9 @@
 Coordinates are in feature cells: cell i spans [i, i + 1), and an image coordinate x is the cell
 coordinate `x * spatial_scale`. RoI Pool (as torchvision implements it) rounds each box edge to a
 cell index, takes cells `round(x1) .. round(x2)` inclusive, and splits them into integer windows
-`floor(p * bin) .. ceil((p + 1) * bin)` (see `roicli.ops.roi_pool.pool_windows`).
+`floor(p * bin) .. ceil((p + 1) * bin)` (see `roicli.ops.roi_pool.pool_windows`). So the rounded
+RoI spans `[round(x1), round(x2) + 1)` cells: its end edge is the *end* of the last cell. For the box
+[0, 0, 32, 32] at stride 16: cells 0 .. 2, 3 cells = 48 px, the end edge moves +1 cell = +16 px.
 """
 
 from __future__ import annotations
@@ -23,17 +25,18 @@ class AxisGeometry:
     exact_end: float
     rounded_start: int  # the cells RoI Pool uses (end inclusive)
     rounded_end: int
-    start_shift_cells: float  # rounded - exact
-    end_shift_cells: float
+    start_shift_cells: float  # rounded edge - exact edge: rounded_start - exact_start
+    end_shift_cells: float  # (rounded_end + 1) - exact_end: the end cell is inclusive
     start_shift_px: float  # the same in image pixels
     end_shift_px: float
     exact_size: float  # cells
-    quantized_size: int  # rounded_end - rounded_start + 1
+    quantized_size: int  # rounded_end - rounded_start + 1 = exact_size + end_shift - start_shift (cells)
     exact_bin: float  # exact_size / bins
     min_window: int  # smallest / largest integer bin window (after clipping to the map)
     max_window: int
     max_overlap: int  # cells shared by neighbouring windows
     worst_edge_px: float  # largest gap between a window edge and the exact bin edge, image px
+    quantized_size_px: float  # quantized_size in image px
 
 
 @dataclass
@@ -146,9 +149,9 @@ def _axis_row(g, j: int, scale: float) -> AxisGeometry:
         rounded_start=int(lo),
         rounded_end=int(hi),
         start_shift_cells=float(lo - a),
-        end_shift_cells=float(hi - b),
+        end_shift_cells=float(hi + 1 - b),
         start_shift_px=float((lo - a) / scale),
-        end_shift_px=float((hi - b) / scale),
+        end_shift_px=float((hi + 1 - b) / scale),
         exact_size=float(b - a),
         quantized_size=int(hi - lo + 1),
         exact_bin=float((b - a) / (edges.numel() - 1)),
@@ -156,6 +159,7 @@ def _axis_row(g, j: int, scale: float) -> AxisGeometry:
         max_window=int(widths.max()),
         max_overlap=int(overlap.max()) if overlap.numel() else 0,
         worst_edge_px=float(worst),
+        quantized_size_px=float((hi - lo + 1) / scale),
     )
 
 
@@ -164,54 +168,130 @@ def _axis_row(g, j: int, scale: float) -> AxisGeometry:
 COLUMN_DEFINITIONS = {
     "exact": "precise_roi_pool (aligned=True): the exact mean of the bilinearly interpolated map over each exact "
     "bin, the edge cells' values reaching the image border",
+    "pool_vs_align": "||RoI Pool - RoI Align|| / ||RoI Align||, both as they run: RoI Pool's max over its rounded "
+    "windows against RoI Align's average with the chosen sampling_ratio and aligned (L2 over C x PH x PW)",
+    "pool_vs_exact": "||RoI Pool (max over its rounded windows) - exact|| / ||exact||",
     "quant_rel_err": "||mean over RoI Pool's integer windows - exact|| / ||exact|| (L2 over C x PH x PW): "
     "quantization alone, same (average) aggregation",
     "align_rel_err": "||RoI Align (avg) - exact|| / ||exact||: sampling alone",
     "pool_vs_align_max": "||RoI Pool (max) - RoI Align (mode=max)|| / ||RoI Align (mode=max)||",
+    "x_start_shift_px": "round(x1 * s) / s - x1: where RoI Pool's rounded RoI starts against the box, image px "
+    "(y likewise)",
+    "x_end_shift_px": "(round(x2 * s) + 1) / s - x2: the end cell is included, so the rounded RoI ends where the "
+    "next cell starts, image px (y likewise)",
     "worst_edge_px": "largest distance between an integer window edge and the exact bin edge, image px (x or y)",
     "roi_iou": "IoU of the rounded RoI (cells round(x1)..round(x2), inclusive) with the exact box",
     "mean_bin_iou": "mean IoU of RoI Pool's integer windows with the exact bins",
+    "blank": "a relative error is blank (null) where its reference is all zeros: it is undefined there",
 }
 SIZE_BUCKETS = (0, 32, 64, 128, 256, 512, float("inf"))  # sqrt(box area) in image px
+VALUE_COLUMNS = ("pool_vs_align", "pool_vs_exact", "quant_rel_err", "align_rel_err", "pool_vs_align_max")
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per-RoI relative L2 error of `x` against `ref`, both `Tensor[K, C, PH, PW]` -> `Tensor[K]`."""
+    """Per-RoI relative L2 error of `x` against `ref`, both `Tensor[K, C, PH, PW]` -> `Tensor[K]`
+    (float64); NaN where it is undefined (`ref` all zeros and `x` not) or does not fit a double."""
     num = (x.double() - ref.double()).flatten(1).norm(dim=1)
     den = ref.double().flatten(1).norm(dim=1)
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, float("inf"), 0.0))
+    rel = torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, float("nan"), 0.0))
+    return torch.where(torch.isfinite(rel), rel, float("nan"))
+
+
+class ValueComparison:
+    """The value comparisons of `roicli compare`, for any chunk of RoIs on one map or a pyramid.
+
+    levels `list[Tensor[N, C, H_l, W_l]]` (one map: a list of one), scales per level. The exact
+    reference reads the map as its cells: each edge cell's value reaches the image border (one
+    replicated pixel around the map, boxes shifted by one cell), so a constant map pools to that
+    constant for any box inside the image. The padded maps are made once, here; a call then costs
+    memory in proportion to its RoIs only.
+    """
+
+    def __init__(self, levels, scales, output_size: tuple[int, int], sampling_ratio: int, aligned: bool):
+        self.levels, self.scales = list(levels), list(scales)
+        self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
+        self.padded = [torch.nn.functional.pad(f, (1, 1, 1, 1), mode="replicate") for f in self.levels]
+
+    def __call__(self, rois: torch.Tensor, level_idx: torch.Tensor) -> dict:
+        """rois `Tensor[k, 5]` in image px, level_idx `Tensor[k]` -> name -> `Tensor[k]` (float64, CPU)."""
+        from roicli.ops import pool_levels, precise_roi_pool, roi_align, roi_pool
+        from roicli.ops.roi_pool import window_avg_pool
+
+        size, sr, aligned = self.output_size, self.sampling_ratio, self.aligned
+
+        def run(op, maps=None, boxes=None):
+            fn = lambda f, r, s: op(f, r, size, s)  # noqa: E731
+            return pool_levels(fn, maps or self.levels, rois if boxes is None else boxes, level_idx, self.scales)
+
+        with torch.no_grad():
+            shift = torch.zeros_like(rois)
+            scales = torch.tensor(self.scales, dtype=rois.dtype, device=rois.device)
+            shift[:, 1:] = 1 / scales[level_idx][:, None]
+            exact = run(lambda f, r, sz, s: precise_roi_pool(f, r, sz, s, aligned=True), self.padded, rois + shift)
+            out = {"quant_rel_err": _rel(run(window_avg_pool), exact)}
+            align_avg = run(lambda f, r, sz, s: roi_align(f, r, sz, s, sr, aligned))
+            out["align_rel_err"] = _rel(align_avg, exact)
+            pool_max = run(roi_pool)
+            out["pool_vs_exact"] = _rel(pool_max, exact)
+            out["pool_vs_align"] = _rel(pool_max, align_avg)
+            del exact, align_avg
+            align_max = run(lambda f, r, sz, s: roi_align(f, r, sz, s, sr, aligned, mode="max"))
+            out["pool_vs_align_max"] = _rel(pool_max, align_max)
+        return {k: out[k].cpu() for k in VALUE_COLUMNS}
 
 
 def value_errors(levels, scales, rois, level_idx, output_size, sampling_ratio: int, aligned: bool) -> dict:
-    """The three value comparisons for RoIs `Tensor[K, 5]` on a map (or pyramid): name -> `Tensor[K]`."""
-    from roicli.ops import pool_levels, precise_roi_pool, roi_align, roi_pool
-    from roicli.ops.roi_pool import window_avg_pool
+    """The value comparisons for RoIs `Tensor[K, 5]` on a map (or pyramid), all at once: name -> `Tensor[K]`."""
+    return ValueComparison(levels, scales, output_size, sampling_ratio, aligned)(rois, level_idx)
 
-    def run(op):
-        return pool_levels(lambda f, r, s: op(f, r, output_size, s), levels, rois, level_idx, scales)
 
-    # The exact reference reads the map as its cells: each edge cell's value reaches the image border
-    # (one replicated pixel around the map, boxes shifted by one cell), so a constant map pools to
-    # that constant for any box inside the image.
-    padded = [torch.nn.functional.pad(f, (1, 1, 1, 1), mode="replicate") for f in levels]
-    shift = torch.zeros_like(rois)
-    shift[:, 1:] = 1 / torch.tensor(scales, dtype=rois.dtype, device=rois.device)[level_idx][:, None]
-    exact = pool_levels(
-        lambda f, r, s: precise_roi_pool(f, r, output_size, s, aligned=True), padded, rois + shift, level_idx, scales
-    )
-    windows = run(window_avg_pool)
-    align_avg = run(lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned))
-    pool_max = run(roi_pool)
-    align_max = run(lambda f, r, size, s: roi_align(f, r, size, s, sampling_ratio, aligned, mode="max"))
-    return {
-        "quant_rel_err": _rel(windows, exact),
-        "align_rel_err": _rel(align_avg, exact),
-        "pool_vs_align_max": _rel(pool_max, align_max),
-    }
+def compare_chunks(
+    features,
+    roi_set,
+    rois: torch.Tensor,
+    levels: torch.Tensor,
+    output_size: tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+    chunk_size: int = 512,
+    indices: list[int] | None = None,
+):
+    """RoI Pool's geometry and the value comparisons, `chunk_size` RoIs at a time (bounded memory).
+
+    features: `roicli.io.features.Features`; roi_set: `roicli.io.rois.RoiSet`; rois `Tensor[K, 5]`
+    and levels `Tensor[K]` as the pooling commands make them (`pipeline.rois_and_levels`: the op's
+    dtype and device). `indices` picks some RoIs (default: all, in order). Yields, per chunk,
+    `(geometry: list[RoiGeometry], errors: name -> Tensor[k], rows: list[dict])`.
+    """
+    compare = ValueComparison(features.levels, features.scales, output_size, sampling_ratio, aligned)
+    lv = levels.cpu()
+    scales = torch.tensor(features.scales, dtype=torch.float64)  # [L]
+    sizes = torch.tensor([list(f.shape[-2:]) for f in features.levels], dtype=torch.long)  # [L, 2]
+    order = torch.arange(len(roi_set)) if indices is None else torch.tensor(indices, dtype=torch.long)
+    for s in range(0, order.numel(), chunk_size):
+        idx = order[s : s + chunk_size]  # [k]
+        geometry = pool_geometry(
+            roi_set.boxes[idx],
+            roi_set.batch[idx],
+            [roi_set.ids[i] for i in idx.tolist()],
+            scales[lv[idx]],
+            output_size,
+            sizes[lv[idx]],
+            rois.dtype,
+        )
+        dev_idx = idx.to(rois.device)
+        errors = compare(rois[dev_idx], levels[dev_idx])
+        rows = compare_rows(geometry, errors, roi_set.boxes[idx], lv[idx] if features.is_pyramid else None)
+        yield geometry, errors, rows
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def compare_rows(geometry: list[RoiGeometry], errors: dict, boxes: torch.Tensor, levels=None) -> list[dict]:
-    """One flat row per RoI: box size, geometry, value errors."""
+    """One flat row per RoI: box size, geometry, value errors. A value that is undefined or does
+    not fit (a relative error against an all-zero reference, an absurd coordinate) is None."""
     rows = []
     for i, g in enumerate(geometry):
         row = g.flat()
@@ -221,37 +301,86 @@ def compare_rows(geometry: list[RoiGeometry], errors: dict, boxes: torch.Tensor,
         row["box_h_px"] = float(boxes[i, 3] - boxes[i, 1])
         row["worst_edge_px"] = max(g.x.worst_edge_px, g.y.worst_edge_px)
         row.update({k: float(v[i]) for k, v in errors.items()})
-        rows.append(row)
+        rows.append({k: _finite(v) if isinstance(v, float) else v for k, v in row.items()})
     return rows
 
 
-SUMMARY_COLUMNS = ("quant_rel_err", "align_rel_err", "pool_vs_align_max", "worst_edge_px", "roi_iou", "mean_bin_iou")
+SUMMARY_COLUMNS = (
+    "quant_rel_err",
+    "align_rel_err",
+    "pool_vs_align_max",
+    "worst_edge_px",
+    "roi_iou",
+    "mean_bin_iou",
+    "pool_vs_align",
+    "pool_vs_exact",
+)
+
+
+def _defined(rows: list[dict], col: str) -> list[float]:
+    return [r[col] for r in rows if r.get(col) is not None]
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean, median and max over the RoIs of each headline figure."""
+    """Mean, median and max over the RoIs of each headline figure (over the RoIs where it is defined)."""
     out = []
     for col in SUMMARY_COLUMNS:
-        v = torch.tensor([r[col] for r in rows], dtype=torch.float64)
-        if v.numel() == 0:
+        v = _defined(rows, col)
+        if not v:
             continue
-        out.append(
-            {"figure": col, "mean": float(v.mean()), "median": statistics.median(v.tolist()), "max": float(v.max())}
-        )
+        out.append({"figure": col, "mean": statistics.fmean(v), "median": statistics.median(v), "max": max(v)})
     return out
+
+
+def headline(rows: list[dict], sampling_ratio: int, aligned: bool) -> dict:
+    """The answer to "how far is RoI Pool, as it runs, from RoI Align as it runs, and from the exact
+    integral, on these boxes": median and worst over the RoIs, as fractions, plus the words (`text`)."""
+    out: dict = {"rois": len(rows)}
+    align = f"RoI Align (avg, sampling_ratio={sampling_ratio}, aligned={aligned})"
+    lines = []
+    for col, against in (("pool_vs_align", align), ("pool_vs_exact", "the exact integral")):
+        v = [(r[col], r["id"]) for r in rows if r.get(col) is not None]
+        if not v:
+            out[col] = {"median": None, "worst": None, "worst_id": None, "undefined": len(rows)}
+            lines.append(f"RoI Pool (max over its rounded windows) vs {against}: no RoI to measure.")
+            continue
+        worst, worst_id = max(v, key=lambda t: t[0])
+        med = statistics.median(x for x, _ in v)
+        out[col] = {"median": med, "worst": worst, "worst_id": worst_id, "undefined": len(rows) - len(v)}
+        lines.append(
+            f"RoI Pool (max over its rounded windows) vs {against}: median {_pct(med)}, worst {_pct(worst)} "
+            f"(RoI {worst_id!r})."
+        )
+    note = f"Relative L2 distance of each RoI's pooled values (C x PH x PW), over {len(rows)} RoI(s)"
+    undefined = max(out[c]["undefined"] for c in ("pool_vs_align", "pool_vs_exact"))
+    if undefined:
+        note += f"; {undefined} RoI(s) with an all-zero reference left out"
+    out["text"] = [*lines, note + "."]
+    return out
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.3g}%"
 
 
 def by_size(rows: list[dict]) -> list[dict]:
     """How the errors fall as boxes grow: means per bucket of sqrt(box area) in image px."""
     out = []
     for lo, hi in zip(SIZE_BUCKETS[:-1], SIZE_BUCKETS[1:]):
-        sel = [r for r in rows if lo <= (max(r["box_w_px"], 0) * max(r["box_h_px"], 0)) ** 0.5 < hi]
+        sel = [
+            r
+            for r in rows
+            if r["box_w_px"] is not None
+            and r["box_h_px"] is not None
+            and lo <= (max(r["box_w_px"], 0) * max(r["box_h_px"], 0)) ** 0.5 < hi
+        ]
         if not sel:
             continue
         label = f"{lo}-{hi}px" if hi != float("inf") else f">={lo}px"
         bucket = {"box_size": label, "rois": len(sel)}
         for col in ("quant_rel_err", "align_rel_err", "worst_edge_px", "roi_iou"):
-            bucket[f"mean_{col}"] = sum(r[col] for r in sel) / len(sel)
+            v = _defined(sel, col)
+            bucket[f"mean_{col}"] = statistics.fmean(v) if v else None
         out.append(bucket)
     return out
 
@@ -281,8 +410,10 @@ def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = 
             f"  Step 1, box edges. Illustration (truncate): cells {t_lo} .. {t_hi}, {t_size} cells; the edges lose "
             f"{edge_loss:.4g} cells = {edge_loss / scale:.4g} px.",
             f"  Step 1, box edges. RoI Pool as implemented (round, end inclusive): cells {a.rounded_start} .. "
-            f"{a.rounded_end} -> {a.quantized_size} cells; start moves {a.start_shift_cells:+.4g} cells "
-            f"({a.start_shift_px:+.4g} px), end moves {a.end_shift_cells:+.4g} cells ({a.end_shift_px:+.4g} px).",
+            f"{a.rounded_end} -> {a.quantized_size} cells = {a.rounded_start / scale:g} .. "
+            f"{(a.rounded_end + 1) / scale:g} px ({a.quantized_size_px:g} px); start moves "
+            f"{a.start_shift_cells:+.4g} cells ({a.start_shift_px:+.4g} px), end moves {a.end_shift_cells:+.4g} "
+            f"cells ({a.end_shift_px:+.4g} px): the end cell {a.rounded_end} is included.",
             f"  Step 2, bins. Illustration (truncate): {t_size} / {bins} = {t_size / bins:.4g} cells per bin -> "
             f"{t_bin}; each bin loses {bin_loss:.4g} cells, {lost_cells} of {t_size} cells are never pooled "
             f"({lost_cells / scale:g} px).",
@@ -297,9 +428,16 @@ def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = 
         ]
     lines += ["", f"IoU of the rounded RoI with the exact one: {g.roi_iou:.4f}; mean bin IoU: {g.mean_bin_iou:.4f}."]
     if errors:
-        lines.append(
+        e = {}
+        for k in VALUE_COLUMNS:
+            v = errors.get(k)
+            v = None if v is None else float(v)
+            e[k] = "undefined (all-zero reference)" if v is None or not math.isfinite(v) else f"{v:.2%}"
+        lines += [
+            f"RoI Pool as it runs (max) vs RoI Align as it runs (avg): {e['pool_vs_align']}; "
+            f"vs the exact integral: {e['pool_vs_exact']}.",
             "Values against the exact integral: quantization alone (mean over the integer windows) "
-            f"{errors['quant_rel_err']:.2%}; RoI Align {errors['align_rel_err']:.2%}; "
-            f"RoI Pool (max) vs RoI Align (max) {errors['pool_vs_align_max']:.2%}."
-        )
+            f"{e['quant_rel_err']}; RoI Align {e['align_rel_err']}; "
+            f"RoI Pool (max) vs RoI Align (max) {e['pool_vs_align_max']}.",
+        ]
     return lines

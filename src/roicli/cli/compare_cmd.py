@@ -1,30 +1,29 @@
-"""`roicli compare`: RoI Pool's quantization against RoI Align and the exact integral, per RoI."""
+"""`roicli compare`: RoI Pool's quantization against RoI Align and the exact integral, per RoI.
+
+Start-up stays light: torch and the library (pipeline, report, ops) are imported inside the command.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from roicli.cli import pooling as opt
-from roicli.cli._common import handle_errors, parse_output_size, stderr
-from roicli.cli.render import FORMATS, format_for_path, render_text, to_json
+from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
+from roicli.cli.render import FORMATS, render_text, to_json
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
-from roicli.pipeline import PoolSpec, load_inputs, roi_geometry, rois_and_levels
-from roicli.report import (
-    COLUMN_DEFINITIONS,
-    by_size,
-    compare_rows,
-    explain,
-    summarize,
-    value_errors,
-)
 
-# The columns the terminal table shows; json/jsonl/csv carry every column.
+# The columns the terminal table shows, in display order (json/jsonl/csv carry every column).
 TABLE_COLUMNS = {
     "id": "id",
+    "level": "level",
     "box_w_px": "w px",
     "box_h_px": "h px",
     "x_start_shift_px": "x1 shift px",
@@ -37,7 +36,30 @@ TABLE_COLUMNS = {
     "quant_rel_err": "quant err",
     "align_rel_err": "align err",
     "pool_vs_align_max": "pool vs align(max)",
+    "pool_vs_align": "pool vs align",
+    "pool_vs_exact": "pool vs exact",
 }
+# Which columns stay when the terminal is too narrow for all of them: the first ones.
+PRIORITY = (
+    "id",
+    "level",
+    "pool_vs_align",
+    "pool_vs_exact",
+    "quant_rel_err",
+    "roi_iou",
+    "x_end_shift_px",
+    "y_end_shift_px",
+    "x_start_shift_px",
+    "y_start_shift_px",
+    "align_rel_err",
+    "pool_vs_align_max",
+    "worst_edge_px",
+    "box_w_px",
+    "box_h_px",
+    "mean_bin_iou",
+)
+# What `-o FILE` writes, by extension (None: any text format; the table without --format).
+SUFFIXES = {".txt": None, ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
 def register(app: typer.Typer) -> None:
@@ -71,29 +93,45 @@ def compare(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f", help="table, json, jsonl or csv. Default: table, or from the -o file's extension."
+            "--format",
+            "-f",
+            help="table, json, jsonl or csv. Default: table, or from the -o file's extension. The table fits "
+            "the terminal (or $COLUMNS), leaving out the less important columns and naming them.",
         ),
     ] = None,
     output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Write the report to FILE instead of stdout.")
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Write the report to FILE (.txt, .json, .jsonl, .csv) instead of stdout."
+        ),
     ] = None,
     explain_id: Annotated[
         str | None,
-        typer.Option("--explain", help="Walk one RoI (its id, or 'first') through both quantization steps in words."),
+        typer.Option(
+            "--explain", help="Walk one RoI (its id, or 'first') through both quantization steps in words (text only)."
+        ),
     ] = None,
+    chunk_size: opt.ChunkSize = 512,
+    quiet: opt.Quiet = False,
 ) -> None:
-    """The quantization-error report: where RoI Pool's rounded box and integer bins land against the
-    exact box, and what that does to the pooled values compared with RoI Align and the exact integral."""
+    """The quantization-error report: how far RoI Pool (max over rounded windows) lands from RoI Align
+    and from the exact integral on your boxes, then per RoI where RoI Pool's rounded box and integer
+    bins land against the exact box and what that does to the pooled values."""
     size = parse_output_size(output_size)
-    fmt = fmt or (format_for_path(output, "table") if output else "table")
-    if fmt not in FORMATS:
-        raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    if output:
-        check_output(output, [features, rois, backbone], binary=False)
+    fmt = _format(fmt, output, explain_id)
+    if output is not None:
+        inputs = [features, rois, backbone if backbone != "builtin" else ""]
+        check_output(output, inputs, binary=False, suffixes=tuple(SUFFIXES))
+
+    from roicli.pipeline import PoolSpec, load_inputs, rois_and_levels
+    from roicli.report import COLUMN_DEFINITIONS, by_size, compare_chunks, explain, headline, summarize
+
     spec = PoolSpec(
         output_size=size,
         spatial_scale=spatial_scale,
         stride=stride,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
         key=key,
         backbone=backbone,
         box_format=box_format,
@@ -102,46 +140,75 @@ def compare(
         dtype=dtype,
         canonical_size=canonical_size,
         canonical_level=canonical_level,
+        chunk_size=chunk_size,
     )
     inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
-    boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
-    lv = levels.cpu()
-    geometry = roi_geometry(inputs, levels, size)
-    with torch.no_grad():
-        errors = value_errors(feats.levels, feats.scales, boxes, levels, size, sampling_ratio, aligned)
-    errors = {k: v.cpu() for k, v in errors.items()}
-    rows = compare_rows(geometry, errors, roi_set.boxes, lv if feats.is_pyramid else None)
-
+    boxes, levels = rois_and_levels(inputs, spec)  # [K, 5] in the op's dtype, [K]
     header = {
         "features": feats.source,
         "output_size": f"{size[0]}x{size[1]}",
         "spatial_scale": feats.scales if feats.is_pyramid else feats.scales[0],
         "sampling_ratio": sampling_ratio,
         "aligned": aligned,
-        "rois": len(rows),
+        "rois": len(roi_set),
     }
-    if explain_id is not None:
+    run = dict(
+        features=feats, roi_set=roi_set, rois=boxes, levels=levels, output_size=size,
+        sampling_ratio=sampling_ratio, aligned=aligned, chunk_size=chunk_size,
+    )  # fmt: skip
+
+    if fmt == "explain":
         i = _find(roi_set.ids, explain_id)
-        text = "\n".join(explain(geometry[i], size, {k: float(v[i]) for k, v in errors.items()})) + "\n"
-    elif fmt == "table":
-        text = _table(rows, header)
-    elif fmt == "json":
-        doc = {
-            **header,
-            "rows": rows,
-            "definitions": COLUMN_DEFINITIONS,
-            "summary": summarize(rows),
-            "by_box_size": by_size(rows),
-        }
-        text = to_json(doc) + "\n"
+        ((geometry, _, rows),) = compare_chunks(**run, indices=[i])
+        text = "\n".join(explain(geometry[0], size, rows[0])) + "\n"
+        what = f"explanation of RoI {roi_set.ids[i]!r}"
     else:
-        text = render_text(rows, fmt, header=header)
-    if output:
-        write_output(output, text.encode())
-        stderr().print(f"compare: {len(rows)} RoIs -> {output} ({fmt})", markup=False)
-    else:
-        typer.echo(text, nl=False)
+        from rich.progress import Progress
+
+        rows: list[dict] = []
+        with Progress(disable=not show_progress(quiet), transient=True, console=stderr()) as bar:
+            task = bar.add_task("roicli compare", total=len(roi_set))
+            for _, _, chunk in compare_chunks(**run):
+                rows += chunk
+                bar.update(task, completed=len(rows))
+        head = headline(rows, sampling_ratio, aligned)
+        if fmt == "table":
+            text = _table(rows, header, head["text"], summarize(rows), by_size(rows), COLUMN_DEFINITIONS, output)
+        elif fmt == "json":
+            doc = {
+                **header,
+                "headline": head,
+                "rows": rows,
+                "definitions": COLUMN_DEFINITIONS,
+                "summary": summarize(rows),
+                "by_box_size": by_size(rows),
+            }
+            text = to_json(doc) + "\n"
+        else:
+            text = render_text(rows, fmt, header={**header, "headline": " ".join(head["text"])})
+        what = fmt
+    write_output("-" if output is None else output, text.encode())  # stdout too: every byte or an error
+    if output is not None and not quiet:
+        stderr().print(f"compare: {len(roi_set)} RoIs -> {output} ({what})", markup=False)
+
+
+def _format(fmt: str | None, output: str | None, explain_id: str | None) -> str:
+    """The format to write ('explain' for --explain's text); refuses what does not fit together."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    implied = None
+    if output and output != "-":
+        implied = SUFFIXES.get(Path(output).suffix.lower())
+        if fmt is not None and implied is not None and fmt != implied:
+            raise UsageError(f"-o {output}: --format {fmt} conflicts with the file's extension (a {implied} file)")
+    if explain_id is not None:
+        chosen = fmt or implied
+        if chosen not in (None, "table"):
+            how = f"--format {fmt}" if fmt else f"-o {output}"
+            raise UsageError(f"--explain: writes text; expected the table format or a .txt file, got {how}")
+        return "explain"
+    return fmt or implied or "table"
 
 
 def _find(ids: list, wanted: str) -> int:
@@ -155,11 +222,53 @@ def _find(ids: list, wanted: str) -> int:
     raise UsageError(f"--explain: no RoI with id {wanted!r}; ids: {', '.join(map(str, ids[:10]))}")
 
 
-def _table(rows: list[dict], header: dict) -> str:
-    shown = [{label: r.get(col) for col, label in TABLE_COLUMNS.items()} for r in rows]
+def _width(output: str | None) -> int | None:
+    """The terminal's width (or $COLUMNS) when the table goes to a terminal; None: no limit."""
+    if output not in (None, "-"):
+        return None
+    if os.environ.get("COLUMNS", "").strip().isdigit() or sys.stdout.isatty():
+        return max(shutil.get_terminal_size().columns, 20)
+    return None
+
+
+def _fit(rows: list[dict], width: int | None) -> tuple[list[str], list[str], int]:
+    """The table's columns that fit in `width` (the most important kept), those left out, and the
+    width the kept ones need (a rich table: one space each side of a cell, a rule between cells)."""
+    from roicli.cli.render import _cell
+
+    present = [c for c in TABLE_COLUMNS if c != "level" or (rows and "level" in rows[0])]
+    need = {c: max([len(TABLE_COLUMNS[c]), *(len(_cell(r.get(c))) for r in rows)]) + 3 for c in present}
+    keep = list(present)
+    if width is not None:
+        for c in reversed(PRIORITY):  # drop the least important first; always keep the id and one more
+            if 1 + sum(need[k] for k in keep) <= width or len(keep) <= 2:
+                break
+            if c in keep and c != "id":
+                keep.remove(c)
+    return keep, [c for c in present if c not in keep], 1 + sum(need[k] for k in keep)
+
+
+def _table(rows, header, head, summary, buckets, definitions, output) -> str:
+    width = _width(output)
+    keep, dropped, needed = _fit(rows, width)
+    wrap = width or 120
+    parts = ["\n".join(textwrap.fill(line, wrap, subsequent_indent="  ") for line in head) + "\n"]
+    shown = [{TABLE_COLUMNS[c]: r.get(c) for c in keep} for r in rows]
     params = ", ".join(f"{k}={v}" for k, v in header.items())
-    parts = [render_text(shown, "table", title=f"RoI Pool vs RoI Align ({params})")]
-    parts.append(render_text(summarize(rows), "table", title="Summary over RoIs"))
-    parts.append(render_text(by_size(rows), "table", title="By box size (sqrt of area)"))
-    parts.append("Columns:\n" + "".join(f"  {k}: {v}\n" for k, v in COLUMN_DEFINITIONS.items()))
+    title = f"RoI Pool vs RoI Align ({params})"
+    table = render_text(shown, "table", title=title, width=width or max(needed, 200))
+    if dropped:
+        note = (
+            f"Not shown at {width} columns: {', '.join(TABLE_COLUMNS[c] for c in dropped)} "
+            "(-f csv, -f json or a wider terminal shows every column)."
+        )
+        table += textwrap.fill(note, wrap) + "\n"
+    parts.append(table)
+    parts.append(render_text(summary, "table", title="Summary over RoIs", width=width or 200))
+    parts.append(render_text(buckets, "table", title="By box size (sqrt of area)", width=width or 200))
+    parts.append(
+        "Columns:\n"
+        + "".join(textwrap.fill(f"{k}: {v}", wrap, initial_indent="  ", subsequent_indent="    ") + "\n"
+                  for k, v in definitions.items())
+    )  # fmt: skip
     return "\n".join(parts)

@@ -36,9 +36,11 @@ def to_json(obj, indent: int | None = 2) -> str:
     return json.dumps(_clean(obj), indent=indent, allow_nan=False)
 
 
-def render_text(rows: list[dict], fmt: str, title: str | None = None, header: dict | None = None) -> str:
+def render_text(
+    rows: list[dict], fmt: str, title: str | None = None, header: dict | None = None, width: int = 200
+) -> str:
     """Rows as text in `fmt`. `header` (parameters) goes into the table title, the JSON object,
-    or `# key: value` comment lines above CSV."""
+    or `# key: value` comment lines above CSV. A table is at most `width` characters wide."""
     if fmt not in FORMATS:
         raise UsageError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     header = header or {}
@@ -60,7 +62,7 @@ def render_text(rows: list[dict], fmt: str, title: str | None = None, header: di
         table.add_column(str(col), overflow="fold")
     for r in rows:
         table.add_row(*(_cell(v) for v in r.values()))
-    console = Console(file=io.StringIO(), width=200, force_terminal=False, color_system=None)
+    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
     console.print(table)
     return console.file.getvalue()
 

@@ -203,6 +203,24 @@ def test_roi_align_edge_rules_on_a_hand_fixture():
     assert out.flatten().tolist() == [1.0]  # one of four samples in range: 4 / 4
 
 
+@needs_runner
+def test_roi_align_nan_rules_match_the_torch_kernels():
+    """A NaN pixel makes every sample that reads it NaN: the bin's mean is NaN and in max mode the
+    first NaN sample wins (like torch.max), with the same argmax as the torch kernels."""
+    torch_ref = pytest.importorskip("roicli.ops.kernels.torch_ref")
+    x = _map((1, 2, 6, 7), F64, seed=13)
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 1:3, :] = float("nan")
+    boxes = _boxes([[0, 0.5, 0.5, 6.0, 5.0], [0, 2.0, 1.0, 5.0, 4.0]])
+    rois = as_rois(boxes, x)
+    for mode in ("avg", "max"):
+        got, got_arg = tk.roi_align_forward(x, rois, 1.0, 2, 2, 2, False, mode)
+        want, want_arg = torch_ref.roi_align_forward(x, rois, 1.0, 2, 2, 2, False, mode)
+        assert got.isnan().any()
+        assert_close(got, want, atol=1e-12, rtol=1e-12, equal_nan=True)
+        assert torch.equal(got_arg, want_arg)
+
+
 # --------------------------------------------------------------------------------------------------
 # roi_pool
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from roicli.errors import KernelUnavailable, ValidationError
 from roicli.ops import kernels, precise_roi_pool, roi_align, roi_pool
 from roicli.ops._validate import as_rois
 
-IMPLEMENTATIONS = ["torch", "triton"]  # the C++ and Triton kernels add "cpp" and "triton" here
+IMPLEMENTATIONS = ["torch", "triton", "cpp"]  # the C++ and Triton kernels add "cpp" and "triton" here
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 F64 = torch.float64
 

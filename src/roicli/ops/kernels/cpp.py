@@ -184,6 +184,13 @@ def roi_pool_forward(
     return load().roi_pool_forward(input, _rois(rois, input.dtype), float(spatial_scale), pooled_height, pooled_width)
 
 
+def roi_pool_values(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> Tensor:
+    """`roi_pool_forward`'s output alone (eager inference: no argmax is tracked or written)."""
+    return load().roi_pool_values(input, _rois(rois, input.dtype), float(spatial_scale), pooled_height, pooled_width)
+
+
 def roi_pool_backward(
     grad: Tensor,
     rois: Tensor,

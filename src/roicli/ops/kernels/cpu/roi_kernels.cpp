@@ -28,6 +28,8 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -38,6 +40,27 @@ constexpr int64_t kKeepScratch = int64_t(1) << 22;  // elements of scratch a thr
 
 template <typename S>
 using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+// CB lanes as one GCC vector (one AVX2 register of float32, two of float64), and the lane masks.
+typedef float vfloat __attribute__((vector_size(CB * sizeof(float))));
+typedef double vdouble __attribute__((vector_size(CB * sizeof(double))));
+typedef int32_t vint32 __attribute__((vector_size(CB * sizeof(int32_t))));
+typedef int64_t vint64 __attribute__((vector_size(CB * sizeof(int64_t))));
+template <typename A>
+using Vec = std::conditional_t<std::is_same_v<A, double>, vdouble, vfloat>;
+template <typename A>
+using Mask = std::conditional_t<std::is_same_v<A, double>, vint64, vint32>;  // what Vec<A> compares give
+
+template <typename V, typename A>
+inline V vload(const A* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename V, typename A>
+inline void vstore(A* p, const V& v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 // ------------------------------------------------------------------------------------------------
 // work distribution and scratch
@@ -93,6 +116,13 @@ struct ByImage {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < k; ++i) order[fill[batch[i]]++] = i;
   }
+  // Forward only (each RoI's output is its own): visit an image's RoIs top to bottom, so that
+  // consecutive RoIs read overlapping rows of the channel block while they are still in cache.
+  void sort_by_rows(const std::vector<std::pair<int64_t, int64_t>>& span) {
+    for (size_t i = 0; i + 1 < start.size(); ++i)
+      std::stable_sort(order.begin() + start[i], order.begin() + start[i + 1],
+                       [&](int64_t a, int64_t b) { return span[a].first + span[a].second < span[b].first + span[b].second; });
+  }
 };
 
 // A view of one channel block: tap (y, x) of lane c is at ptr[(y - y0) * rs + (x - x0) * ps + c].
@@ -112,10 +142,9 @@ struct Planes {  // a [N, C, H, W] tensor's strides
 // when the input already is, else copied into `buf` ([rows, cols, CB], lanes past cn zero).
 template <typename S, typename A>
 View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn, const Box& box, A* buf) {
+  // A channels-last input is copied too: read in place, each tap would be its own cache line far
+  // away in memory (3x slower), while the copy reads it once, contiguously.
   const S* src = in + n * st.sn + c0 * st.sc;
-  if constexpr (std::is_same_v<S, A>) {
-    if (st.sc == 1 && cn == CB) return View<A>{src, st.sh, st.sw, 0, 0};
-  }
   const int64_t bw = box.x1 - box.x0;
   for (int64_t y = box.y0; y < box.y1; ++y) {
     A* row = buf + (y - box.y0) * bw * CB;
@@ -275,6 +304,19 @@ struct AlignAxis {
   }
 };
 
+template <typename M>
+struct Lane {
+  using type = std::conditional_t<std::is_same_v<M, vint64>, int64_t, int32_t>;
+};
+
+// One bilinear sample of CB channels, torchvision's way: ((w1 v1 + w2 v2) + w3 v3) + w4 v4.
+template <typename V, typename A>
+inline V sample(const View<A>& v, const Tap<A>& ty, const Tap<A>& tx) {
+  const A w1 = ty.wlo * tx.wlo, w2 = ty.wlo * tx.whi, w3 = ty.whi * tx.wlo, w4 = ty.whi * tx.whi;
+  return w1 * vload<V>(v.at(ty.lo, tx.lo)) + w2 * vload<V>(v.at(ty.lo, tx.hi)) + w3 * vload<V>(v.at(ty.hi, tx.lo)) +
+         w4 * vload<V>(v.at(ty.hi, tx.hi));
+}
+
 template <typename S>
 std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
                                                       int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode) {
@@ -285,13 +327,16 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
                                : at::empty({0}, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
-  const ByImage<A> by(r, k, n);
+  ByImage<A> by(r, k, n);
   const AlignAxis<A> ay(r, k, 2, scale, ph, sr, aligned, h), ax(r, k, 1, scale, pw, sr, aligned, w);
+  by.sort_by_rows(ay.span);
   const S* in = input.data_ptr<S>();
   const Planes st(input);
   S* o = out.data_ptr<S>();
   int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
   const int64_t bins = ph * pw;
+  using V = Vec<A>;
+  using M = Mask<A>;
   for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
@@ -313,48 +358,31 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
           const Tap<A>* tx = ax.bin(roi, x);
           A* acc = res + (y * pw + x) * CB;
           if (!max_mode) {
-            A sum[CB] = {};
+            // torchvision's order: sum += ((w1 v1 + w2 v2) + w3 v3) + w4 v4 per sample, then / count
+            V sum = {};
             for (int64_t iy = 0; iy < gy; ++iy) {
               if (!ty[iy].valid) continue;
               for (int64_t ix = 0; ix < gx; ++ix) {
                 if (!tx[ix].valid) continue;
-                const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
-                const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
-                const A* p1 = v.at(ty[iy].lo, tx[ix].lo);
-                const A* p2 = v.at(ty[iy].lo, tx[ix].hi);
-                const A* p3 = v.at(ty[iy].hi, tx[ix].lo);
-                const A* p4 = v.at(ty[iy].hi, tx[ix].hi);
-                for (int64_t j = 0; j < CB; ++j) sum[j] += w1 * p1[j] + w2 * p2[j] + w3 * p3[j] + w4 * p4[j];
+                sum += sample<V>(v, ty[iy], tx[ix]);
               }
             }
-            for (int64_t j = 0; j < CB; ++j) acc[j] = sum[j] / count;
+            vstore(acc, sum / count);
             continue;
           }
           // max: the first largest sample (NaN wins, like torch.max); samples outside the map are 0.
-          A best[CB];
-          int64_t* a = arg + (y * pw + x) * CB;
-          for (int64_t j = 0; j < CB; ++j) best[j] = A(0), a[j] = -1;
+          V best = {};
+          M a = M{} - 1;
           for (int64_t iy = 0; iy < gy; ++iy) {
             for (int64_t ix = 0; ix < gx; ++ix) {
-              A val[CB] = {};
-              if (ty[iy].valid && tx[ix].valid) {
-                const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
-                const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
-                const A* p1 = v.at(ty[iy].lo, tx[ix].lo);
-                const A* p2 = v.at(ty[iy].lo, tx[ix].hi);
-                const A* p3 = v.at(ty[iy].hi, tx[ix].lo);
-                const A* p4 = v.at(ty[iy].hi, tx[ix].hi);
-                for (int64_t j = 0; j < CB; ++j) val[j] = w1 * p1[j] + w2 * p2[j] + w3 * p3[j] + w4 * p4[j];
-              }
-              const int64_t s = iy * gx + ix;
-              for (int64_t j = 0; j < CB; ++j) {
-                const bool take = s == 0 || val[j] > best[j] || (std::isnan(val[j]) && !std::isnan(best[j]));
-                best[j] = take ? val[j] : best[j];
-                a[j] = take ? s : a[j];
-              }
+              const V val = ty[iy].valid && tx[ix].valid ? sample<V>(v, ty[iy], tx[ix]) : V{};
+              const M take = iy + ix == 0 ? M{} - 1 : (val > best) | ((val != val) & (best == best));
+              best = take ? val : best;
+              a = take ? M{} + typename Lane<M>::type(iy * gx + ix) : a;
             }
           }
-          for (int64_t j = 0; j < CB; ++j) acc[j] = best[j];
+          vstore(acc, best);
+          for (int64_t j = 0; j < CB; ++j) arg[(y * pw + x) * CB + j] = int64_t(a[j]);
         }
       }
       for (int64_t j = 0; j < cn; ++j) {
@@ -370,9 +398,9 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   return {out, argmax};
 }
 
-// acc[tap] += f(g, w) for the 4 taps of every valid sample of one bin (CB lanes).
-template <typename A, typename F, typename At>
-inline void align_scatter(const Tap<A>* ty, const Tap<A>* tx, int64_t gy, int64_t gx, const A* g, const F& f,
+// acc[tap] += f(g, w) for the 4 taps of every valid sample of one bin (CB lanes), in torchvision's order.
+template <typename A, typename V, typename F, typename At>
+inline void align_scatter(const Tap<A>* ty, const Tap<A>* tx, int64_t gy, int64_t gx, const V& g, const F& f,
                           const At& at) {
   for (int64_t iy = 0; iy < gy; ++iy) {
     if (!ty[iy].valid) continue;
@@ -381,13 +409,13 @@ inline void align_scatter(const Tap<A>* ty, const Tap<A>* tx, int64_t gy, int64_
       const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
       const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
       A* p1 = at(ty[iy].lo, tx[ix].lo);
-      for (int64_t j = 0; j < CB; ++j) p1[j] += f(g[j], w1);
+      vstore(p1, vload<V>(p1) + f(g, w1));
       A* p2 = at(ty[iy].lo, tx[ix].hi);
-      for (int64_t j = 0; j < CB; ++j) p2[j] += f(g[j], w2);
+      vstore(p2, vload<V>(p2) + f(g, w2));
       A* p3 = at(ty[iy].hi, tx[ix].lo);
-      for (int64_t j = 0; j < CB; ++j) p3[j] += f(g[j], w3);
+      vstore(p3, vload<V>(p3) + f(g, w3));
       A* p4 = at(ty[iy].hi, tx[ix].hi);
-      for (int64_t j = 0; j < CB; ++j) p4[j] += f(g[j], w4);
+      vstore(p4, vload<V>(p4) + f(g, w4));
     }
   }
 }
@@ -408,6 +436,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
   const int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
+  using V = Vec<A>;
   for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
@@ -431,6 +460,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
         for (int64_t x = 0; x < pw; ++x) {
           const Tap<A>* tx = ax.bin(roi, x);
           const A* gb = tile + (y * pw + x) * CB;
+          const V gv = vload<V>(gb);
           if (max_mode) {  // each lane's gradient goes to the four taps of its winning sample
             const int64_t* a = am + (roi * c + c0) * bins + y * pw + x;
             for (int64_t j = 0; j < cn; ++j) {
@@ -449,9 +479,9 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
           // torchvision's (g * w) / count, in its order (RoI, bin, sample, tap): the same bits. For a
           // power-of-two count, multiplying by its reciprocal is exact and the same.
           if (pow2) {
-            align_scatter(ty, tx, gy, gx, gb, [inv](A g, A w) { return g * w * inv; }, at);
+            align_scatter<A>(ty, tx, gy, gx, gv, [inv](const V& g, A w) { return g * w * inv; }, at);
           } else {
-            align_scatter(ty, tx, gy, gx, gb, [count](A g, A w) { return g * w / count; }, at);
+            align_scatter<A>(ty, tx, gy, gx, gv, [count](const V& g, A w) { return g * w / count; }, at);
           }
         }
       }
@@ -494,22 +524,29 @@ struct PoolAxis {
   }
 };
 
-template <typename S>
+// WithArg false: the values alone (eager inference), argmax an empty tensor.
+template <typename S, bool WithArg>
 std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
                                                      int64_t ph, int64_t pw) {
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
-  at::Tensor argmax = at::empty({k, c, ph, pw}, input.options().dtype(at::kLong));
+  at::Tensor argmax = WithArg ? at::empty({k, c, ph, pw}, input.options().dtype(at::kLong))
+                              : at::empty({0}, input.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
-  const ByImage<A> by(r, k, n);
+  ByImage<A> by(r, k, n);
   const PoolAxis<A> ay(r, k, 2, scale, ph, h), ax(r, k, 1, scale, pw, w);
+  by.sort_by_rows(ay.span);
   const S* in = input.data_ptr<S>();
   const Planes st(input);
   S* o = out.data_ptr<S>();
-  int64_t* am = argmax.data_ptr<int64_t>();
+  int64_t* am = WithArg ? argmax.data_ptr<int64_t>() : nullptr;
   const int64_t bins = ph * pw;
+  using V = Vec<A>;
+  using M = Mask<A>;
+  using L = typename Lane<M>::type;
+  constexpr L kNone = std::numeric_limits<int32_t>::max();  // "no argmax yet": loses every tie
   for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
@@ -527,27 +564,56 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
         const int64_t y0 = ay.first[roi * ph + y], y1 = ay.last[roi * ph + y];
         for (int64_t x = 0; x < pw; ++x) {
           const int64_t x0 = ax.first[roi * pw + x], x1 = ax.last[roi * pw + x];
-          A* best = res + (y * pw + x) * CB;
-          int32_t* a = arg + (y * pw + x) * CB;
-          const bool empty = y1 <= y0 || x1 <= x0;
-          for (int64_t j = 0; j < CB; ++j) best[j] = empty ? A(0) : A(-FLT_MAX), a[j] = -1;
+          if (y1 <= y0 || x1 <= x0) {  // empty bin: 0, no argmax
+            vstore(res + (y * pw + x) * CB, V{});
+            for (int64_t j = 0; j < CB; ++j) arg[(y * pw + x) * CB + j] = -1;
+            continue;
+          }
+          // Four running maxima over the columns x0 + 4i + q (and the tail in chain 0), each a strict
+          // '>' scan in row-major order that starts at -FLT_MAX: its first maximum, never NaN. The
+          // merge takes the larger value and, on a tie, the smaller index: torchvision's single scan.
+          V best[4];
+          M a[4];
+          for (int q = 0; q < 4; ++q) best[q] = V{} - A(FLT_MAX), a[q] = M{} + kNone;
+          auto step = [&](int q, const A* p, L idx) {
+            const V val = vload<V>(p);
+            const M take = val > best[q];
+            best[q] = take ? val : best[q];
+            if constexpr (WithArg) a[q] = take ? M{} + idx : a[q];
+          };
           for (int64_t yy = y0; yy < y1; ++yy) {
-            for (int64_t xx = x0; xx < x1; ++xx) {
-              const A* p = v.at(yy, xx);
-              const int32_t idx = int32_t(yy * w + xx);
-              for (int64_t j = 0; j < CB; ++j) {  // row-major scan, strict '>': first max wins, NaN never
-                const bool take = p[j] > best[j];
-                best[j] = take ? p[j] : best[j];
-                a[j] = take ? idx : a[j];
-              }
+            const A* line = v.at(yy, x0);
+            const L row = L(yy * w);
+            int64_t xx = x0;
+            for (; xx + 4 <= x1; xx += 4, line += 4 * v.ps) {
+              step(0, line, row + L(xx));
+              step(1, line + v.ps, row + L(xx + 1));
+              step(2, line + 2 * v.ps, row + L(xx + 2));
+              step(3, line + 3 * v.ps, row + L(xx + 3));
+            }
+            for (; xx < x1; ++xx, line += v.ps) step(0, line, row + L(xx));
+          }
+          for (int q = 1; q < 4; ++q) {
+            if constexpr (WithArg) {
+              const M take = (best[q] > best[0]) | ((best[q] == best[0]) & (a[q] < a[0]));
+              best[0] = take ? best[q] : best[0];
+              a[0] = take ? a[q] : a[0];
+            } else {
+              best[0] = best[q] > best[0] ? best[q] : best[0];
             }
           }
+          vstore(res + (y * pw + x) * CB, best[0]);
+          if constexpr (WithArg)
+            for (int64_t j = 0; j < CB; ++j) arg[(y * pw + x) * CB + j] = a[0][j] == kNone ? -1 : int32_t(a[0][j]);
         }
       }
       for (int64_t j = 0; j < cn; ++j) {
         S* dst = o + (roi * c + c0 + j) * bins;
-        int64_t* adst = am + (roi * c + c0 + j) * bins;
-        for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]), adst[b] = arg[b * CB + j];
+        for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]);
+        if constexpr (WithArg) {
+          int64_t* adst = am + (roi * c + c0 + j) * bins;
+          for (int64_t b = 0; b < bins; ++b) adst[b] = arg[b * CB + j];
+        }
       }
     }
   });
@@ -659,13 +725,15 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
   if (out.numel() == 0) return out;
   const A* r = rois.data_ptr<A>();
-  const ByImage<A> by(r, k, n);
+  ByImage<A> by(r, k, n);
   if (h == 0 || w == 0) return out.zero_();
   const IntegralAxis ay(r, k, 2, scale, ph, aligned, h), ax(r, k, 1, scale, pw, aligned, w);
+  by.sort_by_rows(ay.span);
   const S* in = input.data_ptr<S>();
   const Planes st(input);
   S* o = out.data_ptr<S>();
   const int64_t bins = ph * pw;
+  using V = Vec<A>;
   for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
@@ -682,16 +750,15 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
         for (int64_t x = 0; x < pw; ++x) {
           const int64_t rx = roi * pw + x;
           const double* wx = ax.weight.data() + ax.offset[rx];
-          A sum[CB] = {};
+          V sum = {};
           for (int64_t iy = 0; iy < ay.count[ry]; ++iy) {
             for (int64_t ix = 0; ix < ax.count[rx]; ++ix) {
               const A wt = A(wy[iy] * wx[ix]);
               if (wt == A(0)) continue;
-              const A* p = v.at(ay.first[ry] + iy, ax.first[rx] + ix);
-              for (int64_t j = 0; j < CB; ++j) sum[j] += wt * p[j];
+              sum += wt * vload<V>(v.at(ay.first[ry] + iy, ax.first[rx] + ix));
             }
           }
-          std::copy(sum, sum + CB, res + (y * pw + x) * CB);
+          vstore(res + (y * pw + x) * CB, sum);
         }
       }
       for (int64_t j = 0; j < cn; ++j) {
@@ -717,6 +784,7 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   const S* g = grad.data_ptr<S>();
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
+  using V = Vec<A>;
   for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
@@ -735,13 +803,13 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
         for (int64_t x = 0; x < pw; ++x) {
           const int64_t rx = roi * pw + x;
           const double* wx = ax.weight.data() + ax.offset[rx];
-          const A* gb = tile + (y * pw + x) * CB;
+          const V gv = vload<V>(tile + (y * pw + x) * CB);
           for (int64_t iy = 0; iy < ay.count[ry]; ++iy) {
             for (int64_t ix = 0; ix < ax.count[rx]; ++ix) {
               const A wt = A(wy[iy] * wx[ix]);
               if (wt == A(0)) continue;
               A* p = acc + ((ay.first[ry] + iy - box.y0) * bw + (ax.first[rx] + ix - box.x0)) * CB;
-              for (int64_t j = 0; j < CB; ++j) p[j] += gb[j] * wt;
+              vstore(p, vload<V>(p) + gv * wt);
             }
           }
         }
@@ -802,7 +870,17 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward(const at::Tensor& input, con
                                                     int64_t ph, int64_t pw) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return dispatch(input.scalar_type(), [&](auto s) { return pool_forward_impl<decltype(s)>(input, rois, scale, ph, pw); });
+  return dispatch(input.scalar_type(), [&](auto s) {
+    return pool_forward_impl<decltype(s), true>(input, rois, scale, ph, pw);
+  });
+}
+
+at::Tensor roi_pool_values(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph, int64_t pw) {
+  check_rois(rois, input.scalar_type());
+  check_plane(input.size(2), input.size(3));
+  return dispatch(input.scalar_type(), [&](auto s) {
+    return std::get<0>(pool_forward_impl<decltype(s), false>(input, rois, scale, ph, pw));
+  });
 }
 
 at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
@@ -840,6 +918,7 @@ TORCH_LIBRARY(roicli_cpp, m) {
   m.def("roi_align_forward", &roi_align_forward);
   m.def("roi_align_backward", &roi_align_backward);
   m.def("roi_pool_forward", &roi_pool_forward);
+  m.def("roi_pool_values", &roi_pool_values);
   m.def("roi_pool_backward", &roi_pool_backward);
   m.def("precise_roi_pool_forward", &precise_roi_pool_forward);
   m.def("precise_roi_pool_backward", &precise_roi_pool_backward);

@@ -345,6 +345,31 @@ def test_no_rois_and_one_pixel_maps():
     _check_precise(x, boxes, (1, 1), 1.0, False)
 
 
+@needs_runner
+def test_every_output_element_is_written(monkeypatch):
+    """Outputs are allocated uninitialised: with allocations poisoned (NaN, argmax 7777) the results
+    are unchanged, including empty bins, empty sample grids and partial tiles."""
+    x = _map(MAP, seed=14)
+    rois = as_rois(_boxes(EDGES), x)  # bins outside the map, a point, an inverted box (grid 0)
+    calls = [
+        lambda: tk.roi_align_forward(x, rois, 1.0, 3, 4, -1, True, "avg"),
+        lambda: tk.roi_align_forward(x, rois, 1.0, 3, 4, -1, True, "max"),
+        lambda: tk.roi_pool_forward(x, rois, 1.0, 3, 4),
+        lambda: (tk.precise_roi_pool_forward(x, rois, 1.0, 3, 4, True),),
+    ]
+    clean = [call() for call in calls]
+    empty, new_empty = torch.empty, torch.Tensor.new_empty
+
+    def poison(t):
+        return t.fill_(float("nan") if t.is_floating_point() else 7777)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **kw: poison(new_empty(self, *a, **kw)))
+    for call, want in zip(calls, clean):
+        for got, expected in zip(call(), want):
+            assert torch.equal(got, expected)
+
+
 # --------------------------------------------------------------------------------------------------
 # compiled for CUDA (no GPU needed) and the interpreter run
 # --------------------------------------------------------------------------------------------------

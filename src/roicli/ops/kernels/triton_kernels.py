@@ -501,14 +501,10 @@ def roi_align_forward(
     n, c, h, w = input.shape
     k = rois.shape[0]
     is_max = mode == "max"
-    out = input.new_zeros((k, c, pooled_height, pooled_width))
-    argmax = (
-        torch.full((k, c, pooled_height, pooled_width), -1, dtype=torch.long, device=input.device)
-        if is_max
-        else torch.empty(0, dtype=torch.long, device=input.device)
-    )
-    if out.numel() == 0 or input.numel() == 0:
-        return out, argmax
+    out = input.new_empty((k, c, pooled_height, pooled_width))  # the kernel writes every element
+    argmax = torch.empty(out.shape if is_max else (0,), dtype=torch.long, device=input.device)
+    if out.numel() == 0 or input.numel() == 0:  # no launch: no samples anywhere
+        return out.zero_(), argmax.fill_(-1)
     grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, c)
     with _device(input):
         _roi_align_fwd[grid](
@@ -559,10 +555,10 @@ def roi_pool_forward(
     """Output `Tensor[K, C, PH, PW]` and argmax `Tensor[K, C, PH, PW]` (h * W + w; -1 when none)."""
     n, c, h, w = input.shape
     k = rois.shape[0]
-    out = input.new_zeros((k, c, pooled_height, pooled_width))
-    argmax = torch.full(out.shape, -1, dtype=torch.long, device=input.device)
-    if out.numel() == 0 or input.numel() == 0:
-        return out, argmax
+    out = input.new_empty((k, c, pooled_height, pooled_width))  # the kernel writes every element
+    argmax = torch.empty(out.shape, dtype=torch.long, device=input.device)
+    if out.numel() == 0 or input.numel() == 0:  # no launch: every bin is empty
+        return out.zero_(), argmax.fill_(-1)
     grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, c)
     with _device(input):
         _roi_pool_fwd[grid](
@@ -608,9 +604,9 @@ def precise_roi_pool_forward(
     """Exact mean of the bilinear surface over each bin: `Tensor[K, C, PH, PW]`."""
     n, c, h, w = input.shape
     k = rois.shape[0]
-    out = input.new_zeros((k, c, pooled_height, pooled_width))
-    if out.numel() == 0 or input.numel() == 0:
-        return out
+    out = input.new_empty((k, c, pooled_height, pooled_width))  # the kernel writes every element
+    if out.numel() == 0 or input.numel() == 0:  # no launch: the map is all zeros
+        return out.zero_()
     grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, c)
     with _device(input):
         _precise_fwd[grid](

@@ -25,6 +25,10 @@ class UsageError(RoicliError):
     exit_code = 2
 
 
+class ExportUnsupported(RoicliError):
+    """An op (or one of its modes) has no equivalent in the export format asked for (e.g. ONNX)."""
+
+
 class KernelUnavailable(RoicliError):
     """A forced kernel implementation (ROICLI_KERNEL or `roicli.ops.kernels.use`) cannot run here."""
 

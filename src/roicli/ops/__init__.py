@@ -4,6 +4,7 @@
     pooled = roi_align(features, boxes, output_size=7, spatial_scale=1 / 16, sampling_ratio=2)
 """
 
+from roicli.ops._onnx import onnx_translation_table, register_legacy
 from roicli.ops.modules import MultiScaleRoIAlign, PreciseRoIPool, RoIAlign, RoIPool
 from roicli.ops.multiscale import fpn_levels, multiscale_roi_align, pool_levels
 from roicli.ops.precise import precise_roi_pool
@@ -16,9 +17,12 @@ __all__ = [
     "RoIAlign",
     "RoIPool",
     "fpn_levels",
+    "onnx_translation_table",
     "multiscale_roi_align",
     "pool_levels",
     "precise_roi_pool",
     "roi_align",
     "roi_pool",
 ]
+
+register_legacy()  # the legacy ONNX exporter's symbolics (the dynamo exporter: onnx_translation_table())

@@ -26,7 +26,9 @@ Written with the low-level `torch.library.Library` API, which works from torch 2
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -63,9 +65,19 @@ _lib.define(
 
 _register_fake = getattr(torch.library, "register_fake", None) or torch.library.impl_abstract  # torch < 2.4
 
-# Set by the autograd kernel around a forward call whose argmax nobody will read (eager inference):
-# a kernel module with the optional `roi_pool_values` then skips the argmax work.
+# Set by the eager front door around a call whose argmax it drops (no gradient wanted): a kernel
+# module with the optional `roi_pool_values` then skips the argmax work.
 _no_argmax = threading.local()
+
+
+@contextlib.contextmanager
+def argmax_unused() -> Iterator[None]:
+    """Inside: roicli::roi_pool may return a placeholder argmax (for the eager front door only)."""
+    _no_argmax.active = True
+    try:
+        yield
+    finally:
+        _no_argmax.active = False
 
 
 # --------------------------------------------------------------------------- real kernels
@@ -228,17 +240,23 @@ class _PreciseRoIPool(torch.autograd.Function):
         return (grad_input,) + (None,) * 5
 
 
-def _autograd_kernel(function, op, no_argmax: bool = False):
+def _apply(function, *args):
+    """`function.apply` at this dispatcher level. The autograd kernel already runs inside any
+    torch.func transform's level, so the plain C++ apply records the node there (Function.apply
+    would re-enter the transform and find no kernel): this is what makes torch.func.grad work."""
+    if not torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    from torch._functorch.utils import enable_single_level_autograd_function
+
+    with enable_single_level_autograd_function():
+        return super(torch.autograd.Function, function).apply(*args)
+
+
+def _autograd_kernel(function, op):
     def kernel(input, rois, *args):
         if torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad):
-            return function.apply(input, rois, *args)
-        if not no_argmax:
-            return _below_autograd(op, input, rois, *args)
-        _no_argmax.active = True
-        try:
-            return _below_autograd(op, input, rois, *args)
-        finally:
-            _no_argmax.active = False
+            return _apply(function, input, rois, *args)
+        return _below_autograd(op, input, rois, *args)
 
     return kernel
 
@@ -260,14 +278,14 @@ class _NoDoubleBackward(torch.autograd.Function):
 def _backward_autograd_kernel(op):
     def kernel(grad, *args):
         if torch.is_grad_enabled() and grad.requires_grad:
-            return _NoDoubleBackward.apply(op, grad, *args)
+            return _apply(_NoDoubleBackward, op, grad, *args)
         return _below_autograd(op, grad, *args)
 
     return kernel
 
 
 _lib.impl("roi_align", _autograd_kernel(_RoIAlign, torch.ops.roicli.roi_align.default), "Autograd")
-_lib.impl("roi_pool", _autograd_kernel(_RoIPool, torch.ops.roicli.roi_pool.default, no_argmax=True), "Autograd")
+_lib.impl("roi_pool", _autograd_kernel(_RoIPool, torch.ops.roicli.roi_pool.default), "Autograd")
 _lib.impl(
     "precise_roi_pool", _autograd_kernel(_PreciseRoIPool, torch.ops.roicli.precise_roi_pool.default), "Autograd"
 )

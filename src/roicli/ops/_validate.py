@@ -48,7 +48,8 @@ def as_rois(boxes: BoxesLike, input: Tensor, *, values: bool = True) -> Tensor:
     """
     dtype = compute_dtype(input.dtype)
     if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
+        # (A trace reads shapes as tensors: comparing them would warn, and would be a constant anyway.)
+        if boxes.dim() != 2 or (boxes.shape[1] != 5 if not torch.jit.is_tracing() else False):
             raise ValidationError(
                 f"boxes: expected Tensor[K, 5] (batch index, x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
             )
@@ -59,7 +60,7 @@ def as_rois(boxes: BoxesLike, input: Tensor, *, values: bool = True) -> Tensor:
         for i, b in enumerate(boxes):
             if not isinstance(b, Tensor):
                 raise ValidationError(f"boxes[{i}]: expected a Tensor[L, 4], got {type(b).__name__}")
-            if b.dim() != 2 or b.shape[1] != 4:
+            if b.dim() != 2 or (b.shape[1] != 4 if not torch.jit.is_tracing() else False):
                 raise ValidationError(
                     f"boxes[{i}]: expected Tensor[L, 4] (x1, y1, x2, y2), got shape {tuple(b.shape)}"
                 )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List, Union  # noqa: UP035  (TorchScript reads these annotations)
 
 from torch import Tensor, nn
 
-from roicli.ops._validate import BoxesLike, to_pair
+from roicli.ops._validate import to_pair
 from roicli.ops.multiscale import multiscale_roi_align
 from roicli.ops.precise import precise_roi_pool
 from roicli.ops.roi_align import roi_align
@@ -25,7 +26,7 @@ class RoIAlign(nn.Module):
         self.aligned = aligned
         self.mode = mode
 
-    def forward(self, input: Tensor, rois: BoxesLike) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:  # noqa: UP006, UP007
         return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
                          self.aligned, mode=self.mode)
 
@@ -42,7 +43,7 @@ class RoIPool(nn.Module):
         self.output_size = to_pair(output_size)
         self.spatial_scale = spatial_scale
 
-    def forward(self, input: Tensor, rois: BoxesLike) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:  # noqa: UP006, UP007
         return roi_pool(input, rois, self.output_size, self.spatial_scale)
 
     def extra_repr(self) -> str:
@@ -58,7 +59,7 @@ class PreciseRoIPool(nn.Module):
         self.spatial_scale = spatial_scale
         self.aligned = aligned
 
-    def forward(self, input: Tensor, rois: BoxesLike) -> Tensor:
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:  # noqa: UP006, UP007
         return precise_roi_pool(input, rois, self.output_size, self.spatial_scale, self.aligned)
 
     def extra_repr(self) -> str:
@@ -73,13 +74,13 @@ class MultiScaleRoIAlign(nn.Module):
                  aligned: bool = False, canonical_size: float = 224, canonical_level: int = 4):
         super().__init__()
         self.output_size = to_pair(output_size)
-        self.scales = list(scales)
+        self.scales = [float(s) for s in scales]  # float, as TorchScript types the forward
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
-        self.canonical_size = canonical_size
+        self.canonical_size = float(canonical_size)
         self.canonical_level = canonical_level
 
-    def forward(self, features: Sequence[Tensor], rois: BoxesLike) -> Tensor:
+    def forward(self, features: List[Tensor], rois: Union[Tensor, List[Tensor]]) -> Tensor:  # noqa: UP006, UP007
         return multiscale_roi_align(features, rois, self.output_size, self.scales,
                                     self.sampling_ratio, self.aligned, self.canonical_size,
                                     self.canonical_level)

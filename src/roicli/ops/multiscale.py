@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
+from roicli.ops import _scripted
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 from roicli.ops.roi_align import roi_align
 
@@ -102,3 +103,6 @@ def pool_levels(
     if out is None:  # no RoIs at all
         out = op(features[0], rois, scales[0])
     return out
+
+
+_scripted._scriptable(multiscale_roi_align, _scripted.multiscale_roi_align)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
+from roicli.ops import (
+    _library,  # noqa: F401  (registers torch.ops.roicli)
+    _scripted,
+)
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 
@@ -80,3 +83,6 @@ def integral_taps(
     point = (1.0 - (a[..., None] - i).abs()).clamp_min(0.0)  # the limit for a zero-width bin
     weight = torch.where(width > 0, mean, point) * (i <= last[..., None])
     return i.long().clamp_max(size - 1), weight
+
+
+_scripted._scriptable(precise_roi_pool, _scripted.precise_roi_pool)

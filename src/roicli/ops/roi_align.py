@@ -13,7 +13,10 @@ import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
-from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
+from roicli.ops import (
+    _library,  # noqa: F401  (registers torch.ops.roicli)
+    _scripted,
+)
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 
@@ -121,3 +124,6 @@ def align_taps(
     idx = torch.stack([low, high], dim=-1)  # [K, P, G, 2]
     weight = torch.stack([1.0 - frac, frac], dim=-1) * valid[..., None]  # [K, P, G, 2]
     return idx, weight, grid
+
+
+_scripted._scriptable(roi_align, _scripted.roi_align)

@@ -8,9 +8,12 @@ import sys
 import torch
 from torch import Tensor
 
-from roicli.ops import _library  # noqa: F401  (registers torch.ops.roicli)
+from roicli.ops import (
+    _library,
+    _scripted,
+)
 from roicli.ops._gather import separable_mean
-from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, to_pair
+from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, is_tracing, to_pair
 
 
 def roi_pool(
@@ -38,6 +41,9 @@ def roi_pool(
     check_input(input)
     ph, pw = to_pair(output_size)
     rois = as_rois(boxes, input, values=False)  # the operator checks the values
+    if not (torch.is_grad_enabled() and input.requires_grad) and not is_tracing(rois):
+        with _library.argmax_unused():  # eager inference: no argmax work
+            return torch.ops.roicli.roi_pool.default(input, rois, float(spatial_scale), ph, pw)[0]
     return torch.ops.roicli.roi_pool.default(input, rois, float(spatial_scale), ph, pw)[0]
 
 
@@ -303,3 +309,6 @@ def _window_taps(start, end, spatial_scale, pooled, size) -> tuple[Tensor, Tenso
     idx = (first[..., None] + t).clamp(0, size - 1)  # [K, P, T]
     weight = (t < count[..., None]) / count.clamp_min(1)[..., None].to(torch.float64)
     return idx, weight
+
+
+_scripted._scriptable(roi_pool, _scripted.roi_pool)

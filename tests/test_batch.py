@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,18 @@ N_GOOD = 24
 
 def _cli(*args: str, input: str | None = None):
     return runner.invoke(app, list(args), input=input)
+
+
+def _split(path: Path) -> tuple[dict, bytes]:
+    """(metadata, tensor bytes) of a safetensors file."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__", {}), header_free(header, data[8 + n :])
+
+
+def header_free(header: dict, blob: bytes) -> bytes:
+    return json.dumps({k: v for k, v in header.items() if k != "__metadata__"}, sort_keys=True).encode() + blob
 
 
 @pytest.fixture()
@@ -77,13 +95,18 @@ def test_outputs_equal_roicli_align_and_errors_list_the_bad_rows(job, monkeypatc
     assert "not a safetensors file" in errors[1]["error"]
     assert "'nan'" in errors[2]["error"] and "finite" in errors[2]["error"]
     assert "batch index 3" in errors[3]["error"]
-    # Each good item's output is byte for byte what `roicli align` writes for it.
+    # Each good item's output is what `roicli align` writes for it (the paths made absolute by the
+    # driver), tensor bytes and metadata, plus the batch record that resume verifies.
     for features, rois, _, stride in (it for i, it in enumerate(job["items"]) if i not in job["bad"]):
         stem = Path(features).stem
         extra = ["--stride", stride] if stride else []
-        one = _cli("align", features, rois, "-o", f"single_{stem}.safetensors", "-q", *extra)
+        one = _cli("align", str(d / features), str(d / rois), "-o", f"single_{stem}.safetensors", "-q", *extra)
         assert one.exit_code == 0, one.output
-        assert (d / f"single_{stem}.safetensors").read_bytes() == (d / "out" / f"{stem}.safetensors").read_bytes()
+        single, batched = _split(d / f"single_{stem}.safetensors"), _split(d / "out" / f"{stem}.safetensors")
+        assert single[1] == batched[1]  # the tensors' bytes
+        record = json.loads(batched[0].pop("roicli_batch"))
+        assert single[0] == batched[0]
+        assert record["inputs"][0][:2] == [str(d / features), (d / features).stat().st_size]
     meta = json.loads(_cli("inspect", "out/f05.safetensors", "--json").stdout)["metadata"]
     assert meta["spatial_scale"] == "0.0625"  # the row's stride 16 won over the file's 8
 
@@ -198,3 +221,323 @@ def test_ray_engine_writes_identical_files(job, monkeypatch):
         assert names == sorted(p.name for p in (d / b).iterdir() if p.suffix in (".safetensors", ".jsonl"))
         for n in names:
             assert (d / a / n).read_bytes() == (d / b / n).read_bytes(), n
+
+
+# ----------------------------------------------------------------------------- issue 9: batch under faults
+
+ROICLI = str(Path(sys.executable).parent / "roicli")
+
+
+def _summary(res) -> dict:
+    assert res.stdout.strip(), res.output
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_resume_redoes_truncated_garbage_and_other_option_outputs(job, monkeypatch):
+    """Issue 9 item 2: resume skips only complete outputs made from the same inputs and options."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    assert _cli("batch", "manifest.csv", "-o", "out", "-q").exit_code == 1
+    out = d / "out"
+    whole = (out / "f00.safetensors").read_bytes()
+    (out / "f00.safetensors").write_bytes(whole[: len(whole) // 2])  # truncated
+    (out / "f01.safetensors").write_bytes(os.urandom(len((out / "f01.safetensors").read_bytes())))  # garbage
+    os.utime(d / "feats" / "f02.safetensors", ns=(10**18, 10**18))  # an input changed since
+    res = _cli("batch", "manifest.csv", "-o", "out", "--json")
+    s = _summary(res)
+    assert (s["done"], s["skipped"], s["redone"]) == (3, N_GOOD - 3, 3), s
+    assert s["redo_reasons"] == {"incomplete or unreadable": 2, "inputs changed": 1}
+    assert (out / "f00.safetensors").read_bytes() == whole
+    # Other options: everything is redone, and the files say so.
+    res = _cli("batch", "manifest.csv", "-o", "out", "--op", "pool", "--output-size", "14", "--json")
+    s = _summary(res)
+    assert (s["done"], s["skipped"], s["redone"]) == (N_GOOD, 0, N_GOOD) and s["redo_reasons"] == {
+        "options changed": N_GOOD
+    }
+    assert load_file(out / "f03.safetensors")["pooled"].shape[-2:] == (14, 14)
+    res = _cli("batch", "manifest.csv", "-o", "out", "--op", "pool", "--output-size", "14")
+    assert f"0 done, {N_GOOD} skipped (verified complete)" in res.stderr
+
+
+def test_same_bytes_whether_paths_are_relative_or_absolute(job, monkeypatch):
+    """Issue 9 item 20: paths are resolved by the driver; an item's bytes do not depend on how its
+    paths were written (nor on the folder the job ran from)."""
+    d = job["dir"]
+    rows = (d / "manifest.csv").read_text().splitlines()
+    absolute = [rows[0]] + [
+        ",".join(str(d / v) if k < 2 and v else v for k, v in enumerate(r.split(","))) for r in rows[1:]
+    ]
+    (d / "abs.csv").write_text("\n".join(absolute) + "\n")
+    monkeypatch.chdir(d)
+    _cli("batch", "manifest.csv", "-o", "rel", "-q")
+    monkeypatch.chdir(d / "feats")
+    _cli("batch", str(d / "abs.csv"), "-o", str(d / "abs"), "-q")
+    names = sorted(p.name for p in (d / "rel").glob("*.safetensors"))
+    assert len(names) == N_GOOD
+    for n in names:
+        assert (d / "rel" / n).read_bytes() == (d / "abs" / n).read_bytes(), n
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_dead_one(job, monkeypatch):
+    """Issue 9 item 17: one run at a time per OUTDIR; a stale lock from a dead process is taken over."""
+    from roicli.batch import LOCK_NAME, OutdirLock
+
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    (d / "out").mkdir()
+    held = OutdirLock(d / "out")
+    assert held.acquire() is None
+    try:
+        res = _cli("batch", "manifest.csv", "-o", "out", "--json")
+        assert res.exit_code == 1 and not res.stdout
+        assert f"another roicli batch is writing here (pid {os.getpid()} on {socket.gethostname()}" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert not list((d / "out").glob("*.safetensors"))
+    finally:
+        held.release()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (d / "out" / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
+    res = _cli("batch", "manifest.csv", "-o", "out")
+    assert res.exit_code == 1 and _count_outputs(d / "out") == N_GOOD  # (1: the bad rows)
+    assert f"took over the lock of a run that is gone (pid {dead.pid}" in res.stderr
+    assert not (d / "out" / LOCK_NAME).exists()
+
+
+def _count_outputs(folder: Path) -> int:
+    return len(list(folder.glob("*.safetensors")))
+
+
+def test_overwrite_in_shard_mode_lists_each_roi_once(job, monkeypatch):
+    """Issue 9 item 18: --overwrite (and a re-run with another --shard-rois) leaves an index that
+    lists each (item, id) once, pointing at shards that exist, and no stale shard."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    _cli("batch", "manifest.csv", "-o", "sh", "--shard-rois", "10", "-q")
+    first = (d / "sh" / "index.jsonl").read_text()
+    for size in ("7", "25"):
+        _cli("batch", "manifest.csv", "-o", "sh", "--shard-rois", size, "--overwrite", "-q")
+        index = [json.loads(line) for line in (d / "sh" / "index.jsonl").read_text().splitlines()]
+        keys = [(r["item"], r["id"]) for r in index]
+        assert len(keys) == len(set(keys)) == len(first.splitlines())
+        shards = {r["shard"] for r in index}
+        on_disk = {p.name for p in (d / "sh").glob("shard-*.safetensors")}
+        assert shards == on_disk
+        for name in shards:
+            rows = [r for r in index if r["shard"] == name]
+            assert load_file(d / "sh" / name)["pooled"].shape[0] == len(rows)
+
+
+def test_shard_writes_honour_fsync(job, monkeypatch):
+    """Issue 12 (batch part): --fsync means the same in every write path, shards included."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    _cli("batch", "manifest.csv", "-o", "a", "--shard-rois", "40", "-q")
+    assert calls == []
+    _cli("batch", "manifest.csv", "-o", "b", "--shard-rois", "40", "--fsync", "-q")
+    assert len(calls) >= 2 * len(list((d / "b").glob("shard-*.safetensors"))) + 1
+
+
+def test_dead_runs_temp_files_are_removed_on_start(job, monkeypatch):
+    """Issue 9 item 19: the hidden temp files a killed run leaves are cleaned up by the next run."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    (d / "out").mkdir()
+    (d / "out" / ".f11.safetensors.abc123_x.tmp").write_bytes(b"partial")
+    res = _cli("batch", "manifest.csv", "-o", "out")
+    assert "removed 1 temp file(s) left by a run that did not finish" in res.stderr
+    assert not list((d / "out").glob(".*.tmp"))
+
+
+def _manifest_for_signals(folder: Path, n: int = 600) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    save_file({"x": torch.rand(1, 64, 64, 64, generator=gen)}, folder / "f.safetensors", metadata={"stride": "8"})
+    xy = torch.rand(300, 2, generator=gen) * 400
+    (folder / "r.json").write_text(json.dumps(torch.cat([xy, xy + 60], 1).tolist()))
+    rows = "".join(f"f.safetensors,r.json,o{i:04d}.safetensors\n" for i in range(n))
+    (folder / "m.csv").write_text("features,rois,output\n" + rows)
+    return folder / "m.csv"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = (Path("/proc") / entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_and_signal(folder: Path, sig: int) -> tuple[int, list[int]]:
+    """Start `roicli batch --workers 2`, wait until both workers write, send `sig` to the driver;
+    returns its exit code and its children's pids."""
+    manifest = _manifest_for_signals(folder)
+    driver = subprocess.Popen(
+        [ROICLI, "batch", str(manifest), "-o", str(folder / "out"), "--workers", "2", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and driver.poll() is None:
+            if (folder / "out").is_dir() and _count_outputs(folder / "out") >= 4 and len(_children(driver.pid)) >= 2:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, "the job ended before the signal; make it longer"
+        kids = _children(driver.pid)
+        driver.send_signal(sig)
+        code = driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return code, kids
+
+
+def _gone(pids: list[int], seconds: float = 15) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _running(p)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_driver_stops_its_workers(tmp_path):
+    """Issue 9 item 4: SIGTERM to `batch --workers 2` exits 143 and leaves no worker running, and no
+    temp file behind."""
+    code, kids = _start_and_signal(tmp_path, signal.SIGTERM)
+    assert code == 143
+    assert len(kids) >= 2 and _gone(kids) == []
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_driver(tmp_path):
+    """Issue 9 item 19: kill -9 of the driver takes its worker processes with it."""
+    code, kids = _start_and_signal(tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert len(kids) >= 2 and _gone(kids) == []
+
+
+def test_disk_full_is_recorded_and_ends_the_job_with_a_clear_message(job, monkeypatch):
+    """Issue 9 items 9 and 21: a full disk in `batch` ends in a one-line message (not an internal
+    error), with what failed in errors.jsonl and the complete outputs kept."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    real, writes = os.fdopen, []
+
+    class Full:
+        def __init__(self, fd, *a, **k):
+            self.f = real(fd, *a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd, mode="r", *a, **k):
+        writes.append(mode)
+        return Full(fd, mode, *a, **k) if "w" in mode and len(writes) > 5 else real(fd, mode, *a, **k)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    res = _cli("batch", "manifest.csv", "-o", "out", "--json", "--workers", "1")
+    assert res.exit_code == 1 and not res.stdout
+    message = res.stderr.strip()
+    assert message.startswith("Error: ") and "the disk is full" in message and "internal error" not in message
+    assert len(message.splitlines()) == 1
+    errors = [json.loads(line) for line in (d / "out" / "errors.jsonl").read_text().splitlines()]
+    assert any("No space left on device" in e["error"] for e in errors)
+    assert _count_outputs(d / "out") == 5
+    assert not list((d / "out").glob(".*.tmp"))
+
+
+def test_inverted_boxes_warn_per_item_and_strict_fails_them(tmp_path, monkeypatch):
+    """Issue 9 item 21: an inverted box in a batch row gives align's warning, recorded per item;
+    --strict makes it an error of that item."""
+    monkeypatch.chdir(tmp_path)
+    save_file({"x": torch.rand(1, 2, 8, 8)}, tmp_path / "f.safetensors")
+    manifest = (
+        '{"features": "f.safetensors", "boxes": [[1, 1, 5, 5]], "output": "good.safetensors"}\n'
+        '{"features": "f.safetensors", "boxes": [[5, 5, 1, 1], [0, 0, 4, 4]], "output": "bad.safetensors"}\n'
+    )
+    (tmp_path / "m.jsonl").write_text(manifest)
+    res = _cli("batch", "m.jsonl", "-o", "out", "--json")
+    s = _summary(res)
+    assert res.exit_code == 0 and s["warnings"] == 1 and s["done"] == 2
+    warned = [json.loads(line) for line in (tmp_path / "out" / "warnings.jsonl").read_text().splitlines()]
+    assert [w["item"] for w in warned] == [1] and "inverted" in warned[0]["warning"]
+    one = _cli("align", "f.safetensors", "-", "-o", "one.safetensors", input="[[5, 5, 1, 1], [0, 0, 4, 4]]")
+    assert warned[0]["warning"] in one.stderr.replace("\n", " ")
+    res = _cli("batch", "m.jsonl", "-o", "strict", "--strict", "--json")
+    s = _summary(res)
+    assert res.exit_code == 1 and (s["done"], s["failed"]) == (1, 1)
+    errors = [json.loads(line) for line in (tmp_path / "strict" / "errors.jsonl").read_text().splitlines()]
+    assert errors[0]["item"] == 1 and "inverted" in errors[0]["error"]
+
+
+def test_workers_never_oversubscribe_the_cores(job, monkeypatch):
+    """Issue 9 item 22: workers x torch threads = cores, whatever --workers says; 0 is auto."""
+    from roicli.batch import plan_workers
+
+    for cores in (1, 2, 3, 8, 64):
+        for requested in (0, 1, 2, 3, 16):
+            n, threads = plan_workers(requested, cores)
+            assert n >= 1 and threads >= 1 and n * threads <= cores
+            assert cores - n * threads < n  # the cores are used
+    assert plan_workers(0, 2) == (1, 2)
+    monkeypatch.chdir(job["dir"])
+    s = _summary(_cli("batch", "manifest.csv", "-o", "out", "--workers", "0", "--json"))
+    used = s["workers"] * s["threads_per_worker"]
+    assert used <= os.cpu_count() and os.cpu_count() - used < s["workers"]
+
+
+def test_irrelevant_options_are_usage_errors_and_help_is_complete(tmp_path, monkeypatch):
+    """Issue 9 items 16, 15 and 22: conflicting options are refused (exit 2, one line); the help shows
+    the [ray] extra, the options `align` has, --workers 0 and the shard memory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.jsonl").write_text('{"features": "f.safetensors", "boxes": [[0, 0, 4, 4]]}\n')
+    for args, word in (
+        (["--op", "pool", "--aligned"], "--aligned"),
+        (["--op", "pool", "--sampling-ratio", "2"], "--sampling-ratio"),
+        (["--op", "precise", "--mode", "max"], "--mode"),
+        (["--address", "127.0.0.1:6379"], "--address"),
+    ):
+        res = _cli("batch", "m.jsonl", "-o", "out", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert len(res.stderr.strip().splitlines()) == 1 and word in res.stderr
+    assert not (tmp_path / "out").exists()
+    text = " ".join(_cli("batch", "--help").stdout.split())
+    for needle in ("roicli[ray]", "--chunk-size", "--device", "--json", "--quiet", "--strict", "0 (default): auto",
+                   "3x a shard"):
+        assert needle in text, needle
+
+
+def test_unreachable_ray_address_is_one_line_and_quick(tmp_path, monkeypatch):
+    """Issue 9 items 9 and 20: an unreachable Ray address gives one clear line, fast, no log spam."""
+    monkeypatch.chdir(tmp_path)
+    save_file({"x": torch.rand(1, 2, 8, 8)}, tmp_path / "f.safetensors")
+    (tmp_path / "m.jsonl").write_text('{"features": "f.safetensors", "boxes": [[0, 0, 4, 4]]}\n')
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    res = _cli("batch", "m.jsonl", "-o", "out", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--json")
+    assert time.perf_counter() - t < 10
+    assert res.exit_code == 1 and not res.stdout
+    assert res.stderr.strip() == f"Error: --address 127.0.0.1:{port}: cannot reach a Ray cluster (Connection refused)"

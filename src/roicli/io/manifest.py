@@ -4,7 +4,9 @@ a glob of feature files and a template for their RoI files.
 Columns / keys: `features` (required: a .safetensors file or an image); `rois` (a RoI file) or `boxes`
 (the RoIs inline, as JSON: a list in any form `roicli align` reads); optional `output` (the output's
 file name, default `<features stem>.safetensors`) and per-item overrides `spatial_scale`, `stride`,
-`key`. Relative paths are relative to the manifest's folder (to the current folder for stdin).
+`key`. Relative paths are relative to the manifest's folder (to the current folder for stdin), and
+are made absolute here, in the driver: every worker (a Ray node included) reads the same files, and an
+item's output does not depend on how its paths were written.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import csv
 import glob
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from roicli.errors import InputError, UsageError
-from roicli.io.rois import json_lines
 
 _OVERRIDES = ("spatial_scale", "stride")
+_RESERVED = ("errors.jsonl", "warnings.jsonl", "index.jsonl")  # what `roicli batch` writes beside the outputs
 
 
 @dataclass
@@ -37,6 +40,8 @@ def read_manifest(text: str, source: str, base: Path) -> list[Item]:
     if not stripped:
         raise InputError(f"{source}: the manifest is empty")
     if stripped.startswith("{"):
+        from roicli.io.rois import json_lines  # imports torch: only when a manifest is read
+
         rows = json_lines(text, source)
         for where, obj in rows:
             if not isinstance(obj, dict):
@@ -83,14 +88,16 @@ def _item(index: int, where: str, obj: dict, base: Path) -> Item:
     if obj.get("key") not in (None, ""):
         overrides["key"] = str(obj["key"])
     output = str(obj.get("output") or "") or Path(features).stem + ".safetensors"
-    if Path(output).name != output or output in (".", ".."):
-        raise InputError(f"{where}: field 'output' must be a plain file name, got {output!r}")
+    if Path(output).name != output or output.startswith(".") or output in _RESERVED or output.startswith("shard-"):
+        raise InputError(
+            f"{where}: field 'output' must be a plain file name, not hidden and not one of roicli's "
+            f"({', '.join(_RESERVED)}, shard-*), got {output!r}"
+        )
     return Item(index, features, rois_path, rois_text, output, overrides)
 
 
 def _resolve(path: str, base: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else base / p)
+    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
 
 
 def _check_unique(items: list[Item], source: str) -> None:
@@ -117,6 +124,6 @@ def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
             raise UsageError(
                 f"--rois: unknown placeholder {e} in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}"
             ) from None
-        items.append(Item(i, f, rois, None, p.stem + ".safetensors", {}))
+        items.append(Item(i, os.path.abspath(f), os.path.abspath(rois), None, p.stem + ".safetensors", {}))
     _check_unique(items, features_glob)
     return items

@@ -110,7 +110,7 @@ def test_end_shift_hand_case_table_json_explain_agree(tmp_path, map16):
         assert row[f"{ax}_end_shift_cells"] == 1 and row[f"{ax}_end_shift_px"] == 16
     assert row["roi_iou"] == pytest.approx(32 * 32 / (48 * 48), rel=1e-12)  # 0.444: exact box inside
     text = ok("compare", map16, rois, "--explain", "a").stdout
-    assert text.count("cells 0 .. 2 -> 3 cells = 0 .. 48 px (48 px)") == 2
+    assert text.count("cells 0 .. 2 -> 3 cells = 0 .. 48 px (48 px wide)") == 2
     assert text.count("end moves +1 cells (+16 px)") == 2
     assert "IoU of the rounded RoI with the exact one: 0.4444" in text
     shown = table_cells(ok("compare", map16, rois).stdout)["a"]
@@ -314,6 +314,16 @@ def test_compare_never_prints_inf(tmp_path):
     one_line_error(invoke("compare", feats, rois, "--spatial-scale", "inf"), 2, "--spatial-scale")
     result = invoke("compare", feats, save_rois(tmp_path / "h.json", [[0, 0, 1e30, 1e30]]))
     assert result.exit_code != 0 and "inf" not in result.stdout
+
+
+def test_compare_warns_about_boxes_outside_the_map(tmp_path, map16):
+    """Issue 9, item 10: compare, like the pooling commands, names the boxes entirely outside the map
+    (their values are undefined or zero), and --quiet silences it."""
+    rois = save_rois(tmp_path / "o.json", [[1000, 1000, 1100, 1100], [16, 16, 80, 64]], ["far", "in"])
+    result = ok("compare", map16, rois, "-f", "json")
+    assert "Warning: 1 box(es) entirely outside the feature map (ids 'far')" in result.stderr
+    assert [r["id"] for r in json.loads(result.stdout)["rows"]] == ["far", "in"]
+    assert ok("compare", map16, rois, "-f", "json", "-q").stderr == ""
 
 
 # ---- item 15: the same options and defaults as align; the table fits the terminal -------------------------

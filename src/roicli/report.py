@@ -411,7 +411,7 @@ def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = 
             f"{edge_loss:.4g} cells = {edge_loss / scale:.4g} px.",
             f"  Step 1, box edges. RoI Pool as implemented (round, end inclusive): cells {a.rounded_start} .. "
             f"{a.rounded_end} -> {a.quantized_size} cells = {a.rounded_start / scale:g} .. "
-            f"{(a.rounded_end + 1) / scale:g} px ({a.quantized_size_px:g} px); start moves "
+            f"{(a.rounded_end + 1) / scale:g} px ({a.quantized_size_px:g} px wide); start moves "
             f"{a.start_shift_cells:+.4g} cells ({a.start_shift_px:+.4g} px), end moves {a.end_shift_cells:+.4g} "
             f"cells ({a.end_shift_px:+.4g} px): the end cell {a.rounded_end} is included.",
             f"  Step 2, bins. Illustration (truncate): {t_size} / {bins} = {t_size / bins:.4g} cells per bin -> "

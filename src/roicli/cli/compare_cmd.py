@@ -123,7 +123,7 @@ def compare(
         inputs = [features, rois, backbone if backbone != "builtin" else ""]
         check_output(output, inputs, binary=False, suffixes=tuple(SUFFIXES))
 
-    from roicli.pipeline import PoolSpec, load_inputs, rois_and_levels
+    from roicli.pipeline import PoolSpec, load_inputs, outside_rows, roi_warnings, rois_and_levels
     from roicli.report import COLUMN_DEFINITIONS, by_size, compare_chunks, explain, headline, summarize
 
     spec = PoolSpec(
@@ -145,6 +145,11 @@ def compare(
     inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5] in the op's dtype, [K]
+    _check_memory(feats, len(roi_set) if explain_id is None else 1, size, chunk_size)
+    console = stderr()
+    if not quiet:
+        for warning in roi_warnings(roi_set, roi_set.degenerate(), outside_rows(inputs, levels)):
+            console.print(f"Warning: {warning}", markup=False)
     header = {
         "features": feats.source,
         "output_size": f"{size[0]}x{size[1]}",
@@ -167,7 +172,9 @@ def compare(
         from rich.progress import Progress
 
         rows: list[dict] = []
-        with Progress(disable=not show_progress(quiet), transient=True, console=stderr()) as bar:
+        if not roi_set.ids and not quiet:
+            console.print(f"Notice: {roi_set.source} holds no RoIs; the report is empty", markup=False)
+        with Progress(disable=not show_progress(quiet), transient=True, console=console) as bar:
             task = bar.add_task("roicli compare", total=len(roi_set))
             for _, _, chunk in compare_chunks(**run):
                 rows += chunk
@@ -190,7 +197,7 @@ def compare(
         what = fmt
     write_output("-" if output is None else output, text.encode())  # stdout too: every byte or an error
     if output is not None and not quiet:
-        stderr().print(f"compare: {len(roi_set)} RoIs -> {output} ({what})", markup=False)
+        console.print(f"compare: {len(roi_set)} RoIs -> {output} ({what})", markup=False)
 
 
 def _format(fmt: str | None, output: str | None, explain_id: str | None) -> str:
@@ -209,6 +216,21 @@ def _format(fmt: str | None, output: str | None, explain_id: str | None) -> str:
             raise UsageError(f"--explain: writes text; expected the table format or a .txt file, got {how}")
         return "explain"
     return fmt or implied or "table"
+
+
+def _check_memory(feats, k: int, size: tuple[int, int], chunk_size: int) -> None:
+    """Refuse, before it starts, a report that cannot fit: a chunk's five pooled results and their
+    float64 differences, plus about 4 KB per RoI for its row."""
+    from roicli.resources import check_memory
+
+    c, item = feats.levels[0].shape[1], feats.levels[0].element_size()
+    per_roi = c * size[0] * size[1]
+    working = min(k, chunk_size) * per_roi * (5 * item + 3 * 8) + (64 << 20)
+    check_memory(
+        working + 4096 * k,
+        f"compare of {k} RoIs ({chunk_size} at a time, {c} x {size[0]} x {size[1]} each)",
+        "use a smaller --chunk-size or --output-size, or fewer RoIs per run",
+    )
 
 
 def _find(ids: list, wanted: str) -> int:
@@ -253,10 +275,12 @@ def _table(rows, header, head, summary, buckets, definitions, output) -> str:
     keep, dropped, needed = _fit(rows, width)
     wrap = width or 120
     parts = ["\n".join(textwrap.fill(line, wrap, subsequent_indent="  ") for line in head) + "\n"]
-    shown = [{TABLE_COLUMNS[c]: r.get(c) for c in keep} for r in rows]
     params = ", ".join(f"{k}={v}" for k, v in header.items())
-    title = f"RoI Pool vs RoI Align ({params})"
-    table = render_text(shown, "table", title=title, width=width or max(needed, 200))
+    title = textwrap.fill(f"RoI Pool vs RoI Align ({params})", wrap, subsequent_indent="  ") + "\n"
+    if not rows:
+        return "\n".join([*parts, title + "No RoIs: nothing to compare.\n"])
+    shown = [{TABLE_COLUMNS[c]: r.get(c) for c in keep} for r in rows]
+    table = title + render_text(shown, "table", width=width or max(needed, 200))
     if dropped:
         note = (
             f"Not shown at {width} columns: {', '.join(TABLE_COLUMNS[c] for c in dropped)} "

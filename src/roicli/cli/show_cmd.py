@@ -75,7 +75,7 @@ def show(
     from roicli.figure import draw, heatmap
     from roicli.io.features import is_image_path
     from roicli.io.images import read_image
-    from roicli.pipeline import PoolSpec, load_inputs, rois_and_levels
+    from roicli.pipeline import PoolSpec, load_inputs, outside_rows, rois_and_levels
 
     spec = PoolSpec(
         output_size=size,
@@ -103,16 +103,19 @@ def show(
     levels = levels.cpu()
     level = int(levels[chosen[0]])
     if feats.is_pyramid:
-        skipped = [roi_set.ids[i] for i in chosen if int(levels[i]) != level]
+        skipped = [repr(roi_set.ids[i]) for i in chosen if int(levels[i]) != level]
         chosen = [i for i in chosen if int(levels[i]) == level]
         if skipped and not quiet:
             console.print(
-                f"Warning: RoIs {skipped} sit on other pyramid levels than {feats.keys[level]}; not drawn", markup=False
+                f"Warning: RoI(s) {', '.join(skipped)} sit on other pyramid levels than {feats.keys[level]} "
+                "(one level per picture); not drawn",
+                markup=False,
             )
     fmap = feats.levels[level]
     scale = feats.scales[level]
     h, w = fmap.shape[-2:]
-    outside = [i for i in chosen if _outside(roi_set.boxes[i].tolist(), w / scale, h / scale)]
+    off_map = set(outside_rows(inputs, levels))  # the pooling commands' test: no overlap with its map
+    outside = [i for i in chosen if i in off_map]
     if outside:
         names = ", ".join(f"{roi_set.ids[i]!r} {[round(v, 4) for v in roi_set.boxes[i].tolist()]}" for i in outside)
         where = f"the {w / scale:g}x{h / scale:g} px feature map"
@@ -157,13 +160,6 @@ def show(
             f"show: {len(chosen)} RoI(s) -> {output} ({picture.width}x{picture.height}); {on}spatial scale {scale:g}",
             markup=False,
         )
-
-
-def _outside(box: list[float], width: float, height: float) -> bool:
-    """True when the box (xyxy image px, in either order) shares nothing with the map's
-    [0, width] x [0, height]: nothing of it can be drawn over the map."""
-    x1, y1, x2, y2 = box
-    return max(x1, x2) <= 0 or min(x1, x2) >= width or max(y1, y2) <= 0 or min(y1, y2) >= height
 
 
 def _choose(ids: list, wanted: list[str] | None) -> list[int]:

@@ -324,6 +324,17 @@ def test_compare_warns_about_boxes_outside_the_map(tmp_path, map16):
     assert "Warning: 1 box(es) entirely outside the feature map (ids 'far')" in result.stderr
     assert [r["id"] for r in json.loads(result.stdout)["rows"]] == ["far", "in"]
     assert ok("compare", map16, rois, "-f", "json", "-q").stderr == ""
+    one_line_error(invoke("compare", map16, rois, "--strict"), 1, "'far'", "outside")
+
+
+def test_image_pixel_limit_on_compare_and_show(tmp_path):
+    """Issue 9, items 9/15: compare and show take align's --max-image-pixels (the 320x256 scene is 81920 px)."""
+    scene, rois = DATA / "scene.png", DATA / "pyramid_rois.json"
+    one_line_error(invoke("compare", scene, rois, "--max-image-pixels", "1000"), 1, "limit of 1,000")
+    png = tmp_path / "s.png"
+    one_line_error(invoke("show", scene, rois, "-o", png, "--max-image-pixels", "1000"), 1, "limit of 1,000")
+    assert list(tmp_path.iterdir()) == []
+    ok("show", scene, rois, "-o", png, "--max-image-pixels", "81920", "-q")
 
 
 # ---- item 15: the same options and defaults as align; the table fits the terminal -------------------------

@@ -10,14 +10,14 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from roicli.cli import pooling as opt
 from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
 from roicli.cli.render import FORMATS, render_text, to_json
-from roicli.errors import UsageError
+from roicli.errors import InputError, UsageError
 from roicli.io.output import check_output, write_output
 
 # The columns the terminal table shows, in display order (json/jsonl/csv carry every column).
@@ -91,7 +91,7 @@ def compare(
     canonical_size: opt.CanonicalSize = 224,
     canonical_level: opt.CanonicalLevel = 4,
     fmt: Annotated[
-        str | None,
+        Literal["table", "json", "jsonl", "csv"] | None,
         typer.Option(
             "--format",
             "-f",
@@ -112,6 +112,8 @@ def compare(
         ),
     ] = None,
     chunk_size: opt.ChunkSize = 512,
+    strict: opt.Strict = False,
+    max_image_pixels: opt.MaxImagePixels = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """The quantization-error report: how far RoI Pool (max over rounded windows) lands from RoI Align
@@ -141,14 +143,20 @@ def compare(
         canonical_size=canonical_size,
         canonical_level=canonical_level,
         chunk_size=chunk_size,
+        max_image_pixels=max_image_pixels,
     )
     inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5] in the op's dtype, [K]
     _check_memory(feats, len(roi_set) if explain_id is None else 1, size, chunk_size)
     console = stderr()
+    bad, outside = roi_set.degenerate(), outside_rows(inputs, levels)
+    if strict and (bad or outside):
+        what, rows = ("zero-size or inverted box(es)", bad) if bad else ("box(es) entirely outside the map", outside)
+        names = ", ".join(repr(roi_set.ids[i]) for i in rows[:5]) + (" ..." if len(rows) > 5 else "")
+        raise InputError(f"{roi_set.source}: {len(rows)} {what} (ids {names}); --strict")
     if not quiet:
-        for warning in roi_warnings(roi_set, roi_set.degenerate(), outside_rows(inputs, levels)):
+        for warning in roi_warnings(roi_set, bad, outside):
             console.print(f"Warning: {warning}", markup=False)
     header = {
         "features": feats.source,

@@ -60,6 +60,7 @@ def show(
     dtype: opt.Dtype = None,
     canonical_size: opt.CanonicalSize = 224,
     canonical_level: opt.CanonicalLevel = 4,
+    max_image_pixels: opt.MaxImagePixels = None,
     quiet: opt.Quiet = False,
 ) -> None:
     """Draw the exact RoI and bins (green), RoI Pool's rounded RoI and integer bins (red) and RoI
@@ -91,6 +92,7 @@ def show(
         dtype=dtype,
         canonical_size=canonical_size,
         canonical_level=canonical_level,
+        max_image_pixels=max_image_pixels,
     )
     inputs = load_inputs(features, rois, spec)
     feats, roi_set = inputs.features, inputs.rois
@@ -127,7 +129,7 @@ def show(
         chosen = [i for i in chosen if i not in outside]
     batch = int(roi_set.batch[chosen[0]])
     if is_image_path(features) and not features_view:
-        background = (read_image(features)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        background = (read_image(features, max_image_pixels)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         background_scale = 1.0
     else:
         if channel is not None and not 0 <= channel < fmap.shape[1]:

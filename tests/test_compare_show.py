@@ -350,10 +350,16 @@ def test_show_uses_align_defaults(tmp_path):
 
 
 def test_show_and_compare_take_device_dtype_quiet(tmp_path):
-    """Issue 9, item 15: --device/--dtype/--quiet on show, --quiet/--chunk-size on compare."""
+    """Issue 9, item 15: --device/--dtype/--quiet/--json on show, --quiet/--chunk-size on compare."""
     png = tmp_path / "s.png"
     result = ok("show", FEATS, ROIS, "--roi", "sign", "-o", png, "--device", "cpu", "--dtype", "float64", "-q")
     assert result.stderr == "" and png.exists()
+    result = ok("show", FEATS, ROIS, "--roi", "sign", "-o", png, "--json")
+    assert result.stderr == "" and json.loads(result.stdout) == {
+        "rois": ["sign"], "output": str(png), "size": list(Image.open(png).size), "level": None,
+        "spatial_scale": 0.0625, "output_size": [7, 7], "sampling_ratio": -1, "aligned": False,
+    }  # fmt: skip
+    one_line_error(invoke("show", FEATS, ROIS, "-o", "-", "--json"), 2, "--json")
     out = tmp_path / "c.csv"
     result = ok("compare", FEATS, ROIS, "-o", out, "--device", "cpu", "--quiet", "--chunk-size", "2")
     assert result.stderr == "" and out.read_text().count("\n") > 5

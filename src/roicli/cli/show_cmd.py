@@ -7,6 +7,7 @@ command.
 from __future__ import annotations
 
 import io
+import json
 from typing import Annotated
 
 import typer
@@ -61,6 +62,7 @@ def show(
     canonical_size: opt.CanonicalSize = 224,
     canonical_level: opt.CanonicalLevel = 4,
     max_image_pixels: opt.MaxImagePixels = None,
+    json_out: opt.Json = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Draw the exact RoI and bins (green), RoI Pool's rounded RoI and integer bins (red) and RoI
@@ -69,6 +71,8 @@ def show(
     size = parse_output_size(output_size)
     if not 64 <= max_size <= 4096:
         raise UsageError(f"--max-size: expected 64..4096, got {max_size}")
+    if json_out and output == "-":
+        raise UsageError("--json prints the summary on stdout, which -o - already uses for the PNG")
     check_output(output, [features, rois, backbone if backbone != "builtin" else ""], suffixes=(".png",))
 
     import numpy as np
@@ -156,7 +160,19 @@ def show(
     buf = io.BytesIO()
     picture.save(buf, format="PNG")
     write_output(output, buf.getvalue())
-    if not quiet:
+    if json_out:
+        summary = {
+            "rois": [roi_set.ids[i] for i in chosen],
+            "output": output,
+            "size": [picture.width, picture.height],
+            "level": feats.keys[level] if feats.is_pyramid else None,
+            "spatial_scale": scale,
+            "output_size": list(size),
+            "sampling_ratio": sampling_ratio,
+            "aligned": aligned,
+        }
+        typer.echo(json.dumps(summary))
+    elif not quiet:
         on = f"level {feats.keys[level]}, " if feats.is_pyramid else ""
         console.print(
             f"show: {len(chosen)} RoI(s) -> {output} ({picture.width}x{picture.height}); {on}spatial scale {scale:g}",

@@ -421,7 +421,8 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
     ]
     lines = [
         f"torch {meta['torch']}, torchvision {meta['torchvision'] or 'not installed'}, "
-        f"roicli {'ok' if meta['roicli'] else 'not importable: ' + meta['roicli_error']}",
+        f"roicli {'ok' if meta['roicli'] else 'not importable: ' + meta['roicli_error']}"
+        + (f" (kernels: {meta['roicli_kernel']})" if meta.get("roicli_kernel") else ""),
         f"device {meta['device_name']}, threads {meta['threads']}, python {meta['python']}, "
         f"median of {meta['repeat']} runs after {meta['warmup']} warm-up, "
         f"load average {meta['load_average_start']} -> {meta['load_average_end']}",
@@ -479,10 +480,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--kernel",
+        choices=["torch", "cpp", "triton"],
+        default=None,
+        help="force roicli's kernel implementation (sets ROICLI_KERNEL; default: roicli's own choice)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.warmup < 0:
         parser.error("--repeat must be >= 1 and --warmup >= 0")
     return args
+
+
+def _kernel_name(device: torch.device) -> str | None:
+    """The kernel module that serves roicli's ops on `device` (or why none can)."""
+    if roicli_ops is None:
+        return None
+    try:
+        from roicli.ops import kernels
+    except ImportError:  # a roicli from before the kernel seam
+        return "torch"
+    try:
+        return kernels.kernel_for(device).__name__.rsplit(".", 1)[-1]
+    except Exception as exc:  # KernelUnavailable for a forced implementation
+        return f"unavailable ({exc})"
 
 
 def _loadavg() -> list[float] | None:
@@ -506,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.kernel is not None:
+        os.environ["ROICLI_KERNEL"] = args.kernel
     if roicli_ops is None:
         print(f"warning: roicli.ops not importable ({_ROICLI_IMPORT_ERROR})", file=sys.stderr)
     if device.type == "cuda":
@@ -521,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         "torchvision": getattr(torchvision, "__version__", None),
         "roicli": roicli_ops is not None,
         "roicli_error": _ROICLI_IMPORT_ERROR,
+        "roicli_kernel": _kernel_name(device),
         "device": str(device),
         "device_name": device_name,
         "threads": torch.get_num_threads(),

@@ -19,7 +19,7 @@ import roicli.ops as ops
 from roicli.errors import ExportUnsupported, ValidationError
 
 # torch.jit.script/trace/save are deprecated in favour of torch.export; deployed models still use them.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated")
 
 
 def _boxes(k: int, seed: int, n: int = 2, extent: float = 10.0) -> torch.Tensor:

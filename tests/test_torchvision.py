@@ -744,3 +744,74 @@ if given is not None:
         )
         torch.testing.assert_close(out, out_tv, rtol=0, atol=0)
         torch.testing.assert_close(grad, grad_tv, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- TorchScript, deployment
+
+_JIT_DEPRECATED = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated")
+
+
+@_JIT_DEPRECATED
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+def test_scripted_gradcheck_like_torchvision(op, aligned):
+    """torchvision's RoI tests script the op, call it positionally and gradcheck the scripted call:
+    roicli's scripted ops pass the same, with torchvision's values and gradients."""
+    x = torch.arange(2 * 10 * 10, dtype=torch.float64).view(1, 2, 10, 10).sin()
+    rois = torch.tensor([[0, 0, 0, 9, 9], [0, 0, 5, 4, 9], [0, 5, 5, 9, 9]], dtype=torch.float64)
+    if op == "roi_align":
+        scripted, tv = torch.jit.script(roi_align), torch.jit.script(tv_ops.roi_align)
+        args = ((5, 5), 1.0, 1, aligned)
+    else:
+        scripted, tv = torch.jit.script(roi_pool), torch.jit.script(tv_ops.roi_pool)
+        args = ((5, 5), 0.5 if aligned else 1.0)
+    assert torch.autograd.gradcheck(lambda z: scripted(z, rois, *args), (x.clone().requires_grad_(True),))
+    out, grad = _grad(lambda t: scripted(t, rois, *args), x, gen=_gen("script", op, aligned))
+    out_tv, grad_tv = _grad(lambda t: tv(t, rois, *args), x, gen=_gen("script", op, aligned))
+    torch.testing.assert_close(out, out_tv, **_tol(torch.float64, 400))
+    torch.testing.assert_close(grad, grad_tv, **_tol(torch.float64, 10))
+
+
+@_JIT_DEPRECATED
+def test_scripted_boxes_list_and_modules_like_torchvision():
+    """A scripted function taking `List[Tensor]` boxes, and scripted modules, match torchvision's."""
+    from typing import List  # noqa: UP035  (TorchScript)
+
+    def pooled(x: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
+        return roi_align(x, boxes, 5, 0.5, 2, True) + roi_pool(x, boxes, 5, 0.5)
+
+    def pooled_tv(x: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
+        return tv_ops.roi_align(x, boxes, 5, 0.5, 2, True) + tv_ops.roi_pool(x, boxes, 5, 0.5)
+
+    gen = _gen("script-list")
+    x = _random_map(gen, torch.float32, (2, 3, 12, 14))
+    boxes = [torch.tensor([[0.0, 0, 18, 18], [4, 2, 20, 26]]), torch.tensor([[10.0, 6, 27, 22]])]
+    torch.testing.assert_close(torch.jit.script(pooled)(x, boxes), torch.jit.script(pooled_tv)(x, boxes))
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    for ours, theirs in [
+        (RoIAlign(3, 0.5, 2, True), tv_ops.RoIAlign(3, 0.5, 2, True)),
+        (RoIPool((2, 3), 0.5), tv_ops.RoIPool((2, 3), 0.5)),
+    ]:
+        torch.testing.assert_close(torch.jit.script(ours)(x, rois), theirs(x, rois))
+
+
+def test_mask_rcnn_with_roicli_patched_in(monkeypatch):
+    """torchvision's Mask R-CNN (random weights, no download) gives the same detections and masks
+    with roicli's roi_align in its poolers as with its own."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160,
+        box_score_thresh=0.0, box_detections_per_img=20,
+    ).eval()
+    gen = _gen("maskrcnn")
+    images = [torch.rand(3, 120, 150, generator=gen), torch.rand(3, 128, 128, generator=gen)]
+    with torch.no_grad():
+        want = model(images)
+        monkeypatch.setattr(torchvision.ops.poolers, "roi_align", roi_align)
+        got = model(images)
+    assert sum(len(d["boxes"]) for d in want) > 0
+    for g, w in zip(got, want, strict=True):
+        for key in ("boxes", "labels", "scores", "masks"):
+            torch.testing.assert_close(g[key], w[key], rtol=1e-4, atol=1e-4)

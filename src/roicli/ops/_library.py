@@ -170,12 +170,16 @@ for _name in ("roi_align_backward", "roi_pool_backward", "precise_roi_pool_backw
 # --------------------------------------------------------------------------- autograd
 
 
+# Autograd functions without torch.func's own dispatch (see `_apply`); private, so with a fallback.
+_Function = getattr(torch.autograd.function, "_SingleLevelFunction", torch.autograd.Function)
+
+
 def _below_autograd(op, *args):
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
 
-class _RoIAlign(torch.autograd.Function):
+class _RoIAlign(_Function):
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
         return _below_autograd(torch.ops.roicli.roi_align.default, input, rois, spatial_scale,
@@ -197,7 +201,7 @@ class _RoIAlign(torch.autograd.Function):
         return (grad_input,) + (None,) * 7
 
 
-class _RoIPool(torch.autograd.Function):
+class _RoIPool(_Function):
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width):
         return _below_autograd(torch.ops.roicli.roi_pool.default, input, rois, spatial_scale,
@@ -219,7 +223,7 @@ class _RoIPool(torch.autograd.Function):
         return (grad_input,) + (None,) * 4
 
 
-class _PreciseRoIPool(torch.autograd.Function):
+class _PreciseRoIPool(_Function):
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
         return _below_autograd(torch.ops.roicli.precise_roi_pool.default, input, rois, spatial_scale,
@@ -241,15 +245,16 @@ class _PreciseRoIPool(torch.autograd.Function):
 
 
 def _apply(function, *args):
-    """`function.apply` at this dispatcher level. The autograd kernel already runs inside any
-    torch.func transform's level, so the plain C++ apply records the node there (Function.apply
-    would re-enter the transform and find no kernel): this is what makes torch.func.grad work."""
+    """`function.apply` at this dispatcher level. The autograd kernel already runs inside the
+    level of any torch.func transform, so the function is applied there as a single-level one
+    (what torch.func itself does for a custom function at each level): this makes torch.func.grad
+    and vjp work through the ops."""
     if not torch._C._are_functorch_transforms_active():
         return function.apply(*args)
     from torch._functorch.utils import enable_single_level_autograd_function
 
     with enable_single_level_autograd_function():
-        return super(torch.autograd.Function, function).apply(*args)
+        return function.apply(*args)
 
 
 def _autograd_kernel(function, op):
@@ -261,7 +266,7 @@ def _autograd_kernel(function, op):
     return kernel
 
 
-class _NoDoubleBackward(torch.autograd.Function):
+class _NoDoubleBackward(_Function):
     @staticmethod
     def forward(op, *args):
         return _below_autograd(op, *args)

@@ -51,6 +51,8 @@ def multiscale_roi_align(
 
     Returns:
         Tensor[K, C, PH, PW] in input RoI order (use `fpn_levels` to see each RoI's level).
+    Checks: as `roi_align`, except that the boxes' values are also checked here in eager mode
+    (the levels depend on them); scripted or traced, each level's roi_align operator checks them.
     """
     if not isinstance(features, Sequence) or len(features) == 0:
         raise ValidationError("features: expected a non-empty list of Tensor[N, C, H, W]")

@@ -44,6 +44,11 @@ def precise_roi_pool(
     Returns:
         Tensor[K, C, PH, PW]. A bin of zero width (height) gives the limit of the mean: f's value
         along that line. Inverted boxes give the mean over the same intervals, taken in reverse.
+
+    Checks: shapes, dtypes, devices and arguments here (also while tracing or compiling); the
+    boxes' values (finite, batch index an integer in `[0, N)`) in the `torch.ops.roicli` operator,
+    on the data, whenever it runs (eagerly or inside a compiled, exported, traced or scripted
+    graph). Both raise ValidationError.
     """
     check_input(input)
     ph, pw = to_pair(output_size)

@@ -51,6 +51,11 @@ def roi_align(
         Tensor[K, C, PH, PW] in the input's dtype and device. A sample with y < -1 or y > H (or
         the same in x) contributes 0 but still counts in the divisor; samples in (-1, 0] clamp to
         0 and in [H-1, H] to H-1 before interpolation, as torchvision does.
+
+    Checks: shapes, dtypes, devices and arguments here (also while tracing or compiling); the
+    boxes' values (finite, batch index an integer in `[0, N)`) in the `torch.ops.roicli` operator,
+    on the data, whenever it runs (eagerly or inside a compiled, exported, traced or scripted
+    graph). Both raise ValidationError.
     """
     check_input(input)
     ph, pw = to_pair(output_size)

@@ -37,6 +37,11 @@ def roi_pool(
         bin `ph` spans rows `floor(ph * bin_h)` to `ceil((ph + 1) * bin_h)` (neighbouring bins may
         overlap) clipped to the map, and an empty bin gives 0. The gradient of each output goes to
         the first (row-major) maximal element of its bin.
+
+    Checks: shapes, dtypes, devices and arguments here (also while tracing or compiling); the
+    boxes' values (finite, batch index an integer in `[0, N)`) in the `torch.ops.roicli` operator,
+    on the data, whenever it runs (eagerly or inside a compiled, exported, traced or scripted
+    graph). Both raise ValidationError.
     """
     check_input(input)
     ph, pw = to_pair(output_size)

@@ -32,6 +32,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -387,6 +388,58 @@ def ray_output_to_log() -> Iterator[str]:
         os.close(fd)
 
 
+_REAPER = """
+import os, signal, sys, time
+
+driver, me = int(sys.argv[1]), os.getpid()
+
+
+def table():
+    kids = {}
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                st = open(f"/proc/{e}/stat").read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            kids.setdefault(int(st[1]), []).append((int(e), st[19]))
+    return kids
+
+
+seen = {}
+while os.getppid() == driver:
+    kids, todo = table(), [driver]
+    while todo:
+        for pid, start in kids.get(todo.pop(), []):
+            if pid != me and pid not in seen:
+                seen[pid] = start
+                todo.append(pid)
+    time.sleep(0.5)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pid, start in seen.items():
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(pid, sig)
+        except (OSError, IndexError):
+            pass
+    time.sleep(1)
+"""
+
+
+def start_reaper() -> subprocess.Popen | None:
+    """Linux: a small process that notes this process's descendants (Ray's head, raylet, agents,
+    workers) and, should this process die without cleaning up (kill -9), ends them."""
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"):
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+    except OSError:
+        return None
+
+
 def check_address(address: str, timeout: float = 3.0) -> None:
     """Refuse, in one line and within `timeout` seconds, a Ray address nothing listens on."""
     if address in ("auto", "local"):
@@ -427,9 +480,11 @@ def _ray(
     except ImportError:
         raise UsageError("--engine ray needs Ray: pip install 'roicli[ray]'") from None
     started = ok = False
+    reaper = None
     with ray_output_to_log() as log:
         try:
             if not ray.is_initialized():
+                reaper = start_reaper()  # a local Ray started here does not outlive a killed driver
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 started = True
             task = ray.remote(num_cpus=1, max_retries=1)(run_item)
@@ -454,6 +509,9 @@ def _ray(
             if started:
                 with contextlib.suppress(Exception):
                     ray.shutdown()
+            if reaper is not None:
+                reaper.kill()
+                reaper.wait()
             if ok:
                 with contextlib.suppress(OSError):
                     os.unlink(log)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -26,7 +26,10 @@ def register(app: typer.Typer) -> None:
 def batch(
     manifest: Annotated[
         str | None,
-        typer.Argument(help="CSV or JSON Lines manifest, one item per row (- for stdin). Or use --features/--rois."),
+        typer.Argument(
+            metavar="MANIFEST",
+            help="CSV or JSON Lines manifest, one item per row (- for stdin). Or use --features/--rois.",
+        ),
     ] = None,
     outdir: Annotated[str, typer.Option("-o", "--output", help="Output folder (created if missing).")] = "",
     features_glob: Annotated[
@@ -36,7 +39,9 @@ def batch(
     rois_template: Annotated[
         str | None, typer.Option("--rois", help="Without a manifest: each item's RoI file, e.g. 'rois/{stem}.json'.")
     ] = None,
-    op: Annotated[str, typer.Option(help="align, pool or precise.")] = "align",
+    op: Annotated[
+        Literal["align", "pool", "precise"], typer.Option(help="The op, as in roicli align, pool, precise.")
+    ] = "align",
     output_size: opt.OutputSize = "7",
     spatial_scale: opt.SpatialScale = None,
     stride: opt.Stride = None,
@@ -50,7 +55,7 @@ def batch(
             help="align and precise: half-pixel shift. Default: --no-aligned for align, --aligned for precise.",
         ),
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="align only: avg (default) or max.")] = None,
+    mode: Annotated[Literal["avg", "max"] | None, typer.Option(help="align only: avg (default) or max.")] = None,
     key: opt.Key = None,
     backbone: opt.Backbone = "builtin",
     box_format: opt.BoxFormat = None,
@@ -63,7 +68,7 @@ def batch(
         int | None,
         typer.Option(
             help="Write shards of about N RoIs (plus index.jsonl) instead of one file per item. The driver holds "
-            "about 3x a shard's bytes in memory (N x C x PH x PW x 4 bytes for float32) while writing one."
+            "about 2x a shard's bytes in memory (a shard is N x C x PH x PW x 4 bytes in float32) while writing one."
         ),
     ] = None,
     workers: Annotated[
@@ -81,11 +86,15 @@ def batch(
             "others are redone and counted), or redo all.",
         ),
     ] = True,
-    on_error: Annotated[str, typer.Option(help="skip (record in errors.jsonl, go on) or stop.")] = "skip",
+    on_error: Annotated[
+        Literal["skip", "stop"], typer.Option(help="skip (record in errors.jsonl, go on) or stop.")
+    ] = "skip",
     fsync: Annotated[
         bool, typer.Option("--fsync", help="fsync every output before its rename (durable against power cuts; slower).")
     ] = False,
-    engine: Annotated[str, typer.Option(help="local, or ray (needs the extra: pip install 'roicli[ray]').")] = "local",
+    engine: Annotated[
+        Literal["local", "ray"], typer.Option(help="local, or ray (needs the extra: pip install 'roicli[ray]').")
+    ] = "local",
     address: Annotated[
         str | None, typer.Option(help="--engine ray: the cluster's HOST:PORT (default: a local Ray instance).")
     ] = None,

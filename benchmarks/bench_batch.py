@@ -7,7 +7,7 @@ Generates ITEMS feature files `[1, C, 50, 68]` (stride 16, an 800x1088 image) wi
 then times, each from a cold start of the command:
 - a plain shell loop `for f in ...; do roicli align f rois -o out; done` over the first LOOP_ITEMS
   items (its per-item rate is what a loop over all items would reach);
-- `roicli batch manifest.csv --workers N` for each N;
+- `roicli batch manifest.csv --workers N` for each N (0: auto, the default: one process per two cores);
 - the op-bound time: `roi_align` alone on every item's tensors, already in memory, in one process.
 """
 

@@ -100,6 +100,8 @@ def _pool_rows(workload, x, rois, size, scale, backward_too=True) -> list[Row]:
                 continue
 
             def run(mod=mod, backward=backward) -> object:
+                if not backward and hasattr(mod, "roi_pool_values"):  # what eager inference calls
+                    return mod.roi_pool_values(x, rois, scale, size, size)
                 out, arg = mod.roi_pool_forward(x, rois, scale, size, size)
                 if backward:
                     return mod.roi_pool_backward(torch.ones_like(out), rois, arg, scale, size, size, *x.shape)

@@ -83,7 +83,7 @@ def _load() -> object:
         return torch.ops.roicli_cpp  # loaded by another copy of this module
     directory = build_directory()
     library = directory / f"{_NAME}.so"
-    if not library.exists():
+    if not library.exists() or (directory / "lock").exists():  # absent, or another process is building it
         _build(directory)
     try:
         torch.ops.load_library(str(library))

@@ -62,6 +62,25 @@ inline void vstore(A* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// In-register 8x8 transpose: r[c][i] -> r[i][c] (channel rows <-> pixel rows), three rounds of shuffles.
+inline void transpose8(vfloat r[8]) {
+  vfloat t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], vint32{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], vint32{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], vint32{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], vint32{2, 3, 10, 11, 6, 7, 14, 15});
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], vint32{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], vint32{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], vint32{0, 1, 2, 3, 8, 9, 10, 11});
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], vint32{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // work distribution and scratch
 // ------------------------------------------------------------------------------------------------
@@ -153,10 +172,21 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
       for (int64_t x = 0; x < bw; ++x)
         for (int64_t c = 0; c < CB; ++c) row[x * CB + c] = c < cn ? A(line[x * st.sw + c * st.sc]) : A(0);
     } else {  // planar: read each channel's row
+      int64_t x0 = 0;
+      if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
+        if (st.sw == 1 && cn == CB) {  // 8 pixels x 8 channels at a time through registers
+          for (; x0 + 8 <= bw; x0 += 8) {
+            vfloat v[8];
+            for (int c = 0; c < 8; ++c) v[c] = vload<vfloat>(line + c * st.sc + x0);
+            transpose8(v);
+            for (int i = 0; i < 8; ++i) vstore(row + (x0 + i) * CB, v[i]);
+          }
+        }
+      }
       for (int64_t c = 0; c < cn; ++c)
-        for (int64_t x = 0; x < bw; ++x) row[x * CB + c] = A(line[c * st.sc + x * st.sw]);
+        for (int64_t x = x0; x < bw; ++x) row[x * CB + c] = A(line[c * st.sc + x * st.sw]);
       for (int64_t c = cn; c < CB; ++c)
-        for (int64_t x = 0; x < bw; ++x) row[x * CB + c] = A(0);
+        for (int64_t x = x0; x < bw; ++x) row[x * CB + c] = A(0);
     }
   }
   return View<A>{buf, bw * CB, CB, box.y0, box.x0};
@@ -167,18 +197,35 @@ template <typename S, typename A>
 void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, int64_t cn, const Box& box,
                  const A* acc) {
   const int64_t bw = box.x1 - box.x0;
-  for (int64_t j = 0; j < cn; ++j) {
-    S* plane = gi + ((n * c) + c0 + j) * h * w;
-    for (int64_t y = 0; y < h; ++y) {
-      S* row = plane + y * w;
-      if (box.empty() || y < box.y0 || y >= box.y1) {
-        std::fill(row, row + w, S(0));
-        continue;
+  S* planes = gi + (n * c + c0) * h * w;
+  for (int64_t y = 0; y < h; ++y) {
+    if (box.empty() || y < box.y0 || y >= box.y1) {
+      for (int64_t j = 0; j < cn; ++j) std::fill(planes + j * h * w + y * w, planes + j * h * w + (y + 1) * w, S(0));
+      continue;
+    }
+    S* rows[CB];
+    for (int64_t j = 0; j < cn; ++j) {
+      rows[j] = planes + j * h * w + y * w;
+      std::fill(rows[j], rows[j] + box.x0, S(0));
+      std::fill(rows[j] + box.x1, rows[j] + w, S(0));
+    }
+    // one pass over the channels-last row: each pixel's CB lanes go to CB output rows
+    const A* src = acc + (y - box.y0) * bw * CB;
+    if (cn == CB) {
+      int64_t x = 0;
+      if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
+        for (; x + 8 <= bw; x += 8) {  // 8 pixels x 8 channels at a time through registers
+          vfloat v[8];
+          for (int i = 0; i < 8; ++i) v[i] = vload<vfloat>(src + (x + i) * CB);
+          transpose8(v);
+          for (int j = 0; j < 8; ++j) vstore(rows[j] + box.x0 + x, v[j]);
+        }
       }
-      std::fill(row, row + box.x0, S(0));
-      const A* src = acc + (y - box.y0) * bw * CB + j;
-      for (int64_t x = 0; x < bw; ++x) row[box.x0 + x] = S(src[x * CB]);
-      std::fill(row + box.x1, row + w, S(0));
+      for (; x < bw; ++x)
+        for (int64_t j = 0; j < CB; ++j) rows[j][box.x0 + x] = S(src[x * CB + j]);
+    } else {
+      for (int64_t x = 0; x < bw; ++x)
+        for (int64_t j = 0; j < cn; ++j) rows[j][box.x0 + x] = S(src[x * CB + j]);
     }
   }
 }
@@ -636,6 +683,23 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
   for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+    if constexpr (std::is_same_v<S, A>) {  // float32/float64: sum straight into grad_input's planes
+      S* planes = out + (img * c + c0) * h * w;
+      std::fill(planes, planes + cn * h * w, S(0));
+      const int64_t sk = grad.stride(0), sc = grad.stride(1), sh = grad.stride(2), sw = grad.stride(3);
+      for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) {  // RoI, bin order: torchvision's sums
+        const int64_t roi = by.order[i];
+        for (int64_t j = 0; j < cn; ++j) {
+          const int64_t* a = am + (roi * c + c0 + j) * bins;
+          const S* gj = g + roi * sk + (c0 + j) * sc;
+          S* plane = planes + j * h * w;
+          for (int64_t b = 0; b < bins; ++b)
+            if (a[b] >= 0) plane[a[b]] += gj[(b / pw) * sh + (b % pw) * sw];
+        }
+      }
+      return;
+    }
+    // half types: sum in float32 over a channels-last buffer, round once
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sacc;

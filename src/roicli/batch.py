@@ -89,13 +89,21 @@ class BatchConfig:
             raise UsageError("--address: applies to --engine ray only")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def plan_workers(requested: int, cores: int | None = None) -> tuple[int, int]:
     """(processes, torch threads per process) so that processes x threads = cores (never more).
 
     0 (auto) runs one process per two cores (each item's op then uses two threads, and the pool of
     processes overlaps one item's reading and writing with another's pooling); one process on a
     machine of one or two cores, where extra processes only add start-up time and contention."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     n = max(1, cores // 2) if requested == 0 else min(requested, cores)
     return n, max(1, cores // n)
 
@@ -133,11 +141,11 @@ def stamp(item: Item, spec: PoolSpec) -> dict:
         inputs.append(["boxes", "sha256:" + hashlib.sha256(item.rois_text.encode()).hexdigest()])
     if s.backbone != "builtin" and is_image_path(item.features):
         inputs.append(_file_stamp(s.backbone))
-    return {"options": options, "inputs": inputs}
+    return json.loads(_dumps_stamp({"options": options, "inputs": inputs}))  # as it reads back from a file
 
 
 def _dumps_stamp(st: dict) -> str:
-    return json.dumps(st, sort_keys=True, separators=(",", ":"))
+    return json.dumps(st, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def read_header(path: Path) -> dict | None:

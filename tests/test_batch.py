@@ -529,7 +529,7 @@ def test_irrelevant_options_are_usage_errors_and_help_is_complete(tmp_path, monk
     assert not (tmp_path / "out").exists()
     text = " ".join(_cli("batch", "--help").stdout.split())
     for needle in ("roicli[ray]", "--chunk-size", "--device", "--json", "--quiet", "--strict", "0 (default): auto",
-                   "2x a shard"):
+                   "one shard's bytes in memory"):
         assert needle in text, needle
 
 
@@ -546,3 +546,24 @@ def test_unreachable_ray_address_is_one_line_and_quick(tmp_path, monkeypatch):
     assert time.perf_counter() - t < 10
     assert res.exit_code == 1 and not res.stdout
     assert res.stderr.strip() == f"Error: --address 127.0.0.1:{port}: cannot reach a Ray cluster (Connection refused)"
+
+
+def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
+    """Issue 9 item 22: shards are written from the items' tensors (no joined copy in memory), and
+    the bytes are exactly those of the joined tensors."""
+    from roicli.batch import shard_parts
+    from roicli.io.safetensors_io import dumps
+
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float16):
+        items = [
+            (i, {"pooled": torch.rand(k, 3, 2, 2, generator=gen).to(dtype), "rois": torch.rand(k, 5, generator=gen)})
+            for i, k in ((4, 2), (7, 0), (9, 3))
+        ]
+        meta = {"op": "align", "z": "1", "a": "2"}
+        joined = {
+            "items": torch.tensor([4, 4, 9, 9, 9]),
+            "pooled": torch.cat([t["pooled"] for _, t in items]),
+            "rois": torch.cat([t["rois"] for _, t in items]).double(),
+        }
+        assert b"".join(shard_parts(items, meta)) == dumps(joined, meta)

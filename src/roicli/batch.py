@@ -52,7 +52,7 @@ from roicli.errors import OutputError, RoicliError, Terminated, UsageError
 from roicli.io.features import is_image_path
 from roicli.io.manifest import Item
 from roicli.io.output import write_output
-from roicli.io.safetensors_io import dump_parts
+from roicli.io.safetensors_io import _DTYPES, _raw, dump_parts
 from roicli.pipeline import PoolSpec, pool_job
 
 _SHARD = re.compile(r"^shard-(\d{5})\.(safetensors|index\.jsonl)$")
@@ -665,12 +665,42 @@ def remove_stale_temp_files(outdir: Path) -> int:
 # ----------------------------------------------------------------------------- shards
 
 
+def shard_parts(items: list[tuple[int, dict]], metadata: dict[str, str]) -> list[memoryview]:
+    """A shard as the buffers `dump_parts` would give for the joined tensors (the same bytes), but
+    streamed from each item's own `pooled` tensor: no joined copy of the shard in memory.
+    Tensors: `items` (Tensor[R] int64, each row's item), `pooled` (Tensor[R, C, PH, PW]), `rois`
+    (Tensor[R, 5] float64); R = the items' RoIs together."""
+    pooled = [t["pooled"] for _, t in items]
+    rows = sum(p.shape[0] for p in pooled)
+    small = {
+        "items": torch.cat([torch.full((p.shape[0],), i, dtype=torch.int64) for (i, _), p in zip(items, pooled)]),
+        "rois": torch.cat([t["rois"].double() for _, t in items]).contiguous(),
+    }
+    big = [_raw(p) for p in pooled]
+    shapes = {
+        "items": (small["items"], list(small["items"].shape), [_raw(small["items"])]),
+        "pooled": (pooled[0], [rows, *pooled[0].shape[1:]], big),
+        "rois": (small["rois"], list(small["rois"].shape), [_raw(small["rois"])]),
+    }
+    header: dict = {"__metadata__": {k: str(v) for k, v in sorted(metadata.items())}}
+    blobs, offset = [], 0
+    for name in sorted(shapes):  # the order and format of `dump_parts`
+        like, shape, data = shapes[name]
+        size = sum(d.nbytes for d in data)
+        header[name] = {"dtype": _DTYPES[like.dtype], "shape": shape, "data_offsets": [offset, offset + size]}
+        blobs += data
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [memoryview(struct.pack("<Q", len(text)) + text), *blobs]
+
+
 class ShardWriter:
     """Buffers items' tensors and writes `shard-NNNNN.safetensors` of about `size` RoIs each, with
     `shard-NNNNN.index.jsonl` beside it (written after the shard: a shard counts once both exist).
 
-    Memory: the buffered items' tensors and their concatenation, written without a joined copy:
-    about 2x a shard's bytes. `index.jsonl` lists every (item, id) once: from the newest valid shard holding the
+    Memory: the buffered items' tensors, about one shard's bytes; the shard is written from them
+    without a joined copy. `index.jsonl` lists every (item, id) once: from the newest valid shard holding the
     item; shards no longer listed are removed after the index is written."""
 
     def __init__(self, outdir: Path, size: int, items: dict[int, Item], fsync: bool = False):
@@ -738,23 +768,14 @@ class ShardWriter:
         if not self.buffer:
             return
         name = f"shard-{self.next:05d}"
-        t = [r["tensors"] for r in self.buffer]
-        item_of_row = torch.cat(
-            [torch.full((x["pooled"].shape[0],), r["index"], dtype=torch.int64) for r, x in zip(self.buffer, t)]
-        )
-        tensors = {
-            "pooled": torch.cat([x["pooled"] for x in t]).contiguous(),
-            "rois": torch.cat([x["rois"].double() for x in t]).contiguous(),
-            "items": item_of_row,
-        }
         drop = ("features", "rois", "ids", "labels", "count", "keys", "image_size", "spatial_scale",
                 "spatial_scale_source")
         meta = {k: v for k, v in self.buffer[0]["metadata"].items() if k not in drop}
         meta["items"] = json.dumps([self.items[r["index"]].output for r in self.buffer])
         meta[STAMP_KEY] = _dumps_stamp({"items": {str(r["index"]): r["stamp"] for r in self.buffer}})
-        data = dump_parts(tensors, meta)  # views of the joined tensors, no third copy
-        write_output(str(self.outdir / f"{name}.safetensors"), data, self.fsync)
-        del data
+        parts = shard_parts([(r["index"], r["tensors"]) for r in self.buffer], meta)
+        write_output(str(self.outdir / f"{name}.safetensors"), parts, self.fsync)
+        del parts
         lines = []
         row = 0
         for r in self.buffer:

@@ -68,7 +68,8 @@ def batch(
         int | None,
         typer.Option(
             help="Write shards of about N RoIs (plus index.jsonl) instead of one file per item. The driver holds "
-            "about 2x a shard's bytes in memory (a shard is N x C x PH x PW x 4 bytes in float32) while writing one."
+            "about one shard's bytes in memory (N x C x PH x PW x 4 bytes in float32) plus the items in flight; "
+            "each shard is streamed to its file without a joined copy."
         ),
     ] = None,
     workers: Annotated[

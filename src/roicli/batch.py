@@ -569,7 +569,11 @@ class OutdirLock:
                 os.close(fd)
                 continue
             previous = _read_holder(fd)
-            self._write(fd)
+            try:
+                self._write(fd)
+            except OSError:
+                os.close(fd)
+                raise
             self.fd = fd
             if previous:
                 return f"took over the lock of a run that is gone ({_describe(previous)})"
@@ -876,7 +880,10 @@ def run_batch(
     except OSError as e:
         raise OutputError(f"{cfg.outdir}: cannot create the output folder: {e.strerror}") from None
     lock = OutdirLock(outdir)
-    took_over = lock.acquire()
+    try:
+        took_over = lock.acquire()
+    except OSError as e:  # a read-only or full file system
+        raise OutputError(f"{outdir}: cannot take the lock {LOCK_NAME}: {e.strerror or e}") from None
     try:
         if took_over and notice:
             notice(f"{outdir}: {took_over}")

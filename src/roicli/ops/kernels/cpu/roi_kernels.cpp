@@ -275,6 +275,17 @@ template <typename S, typename A>
 void grad_tile(const S* grad, const at::Tensor& g, int64_t k, int64_t c0, int64_t cn, int64_t pw_, A* tile) {
   const int64_t bins = g.size(2) * pw_;
   const int64_t sk = g.stride(0), sc = g.stride(1), sh = g.stride(2), sw = g.stride(3);
+  if (sw == 1 && sh == pw_) {  // each channel's bins contiguous (the usual case)
+    for (int64_t j = 0; j < CB; ++j) {
+      const S* src = grad + k * sk + (c0 + j) * sc;
+      if (j < cn) {
+        for (int64_t b = 0; b < bins; ++b) tile[b * CB + j] = A(src[b]);
+      } else {
+        for (int64_t b = 0; b < bins; ++b) tile[b * CB + j] = A(0);
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < bins; ++b) {
     const S* src = grad + k * sk + c0 * sc + (b / pw_) * sh + (b % pw_) * sw;
     for (int64_t j = 0; j < CB; ++j) tile[b * CB + j] = j < cn ? A(src[j * sc]) : A(0);

@@ -94,7 +94,8 @@ void run_items(int64_t n_items, const F& f) {
   });
 }
 
-// A per-thread buffer of at least n elements (kept across calls while small; `Tag` separates buffers).
+// A per-thread buffer of at least n elements (kept across calls while small). Buffers in use at the
+// same time need distinct `Tag`s: one (A, Tag) is one buffer per thread.
 template <typename A, int Tag>
 struct Scratch {
   std::vector<A> local;
@@ -362,6 +363,26 @@ struct AlignAxis {
   }
 };
 
+// A valid sample along one axis, with its pixels as offsets into a View (row or column part).
+template <typename A>
+struct Offs {
+  int64_t lo, hi;
+  A wlo, whi;
+};
+
+// The valid samples of each of a RoI's P bins along one axis: out[p * g .. p * g + count[p]).
+template <typename A>
+void compact_taps(const Tap<A>* taps, int64_t pooled, int64_t g, int64_t origin, int64_t stride, Offs<A>* out,
+                  int64_t* count) {
+  for (int64_t p = 0; p < pooled; ++p) {
+    count[p] = 0;
+    for (int64_t i = 0; i < g; ++i) {
+      const Tap<A>& t = taps[p * g + i];
+      if (t.valid) out[p * g + count[p]++] = Offs<A>{(t.lo - origin) * stride, (t.hi - origin) * stride, t.wlo, t.whi};
+    }
+  }
+}
+
 template <typename M>
 struct Lane {
   using type = std::conditional_t<std::is_same_v<M, vint64>, int64_t, int32_t>;
@@ -406,28 +427,43 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
                                                         sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
     A* res = sres.get(bins * CB);  // [PH * PW, CB]
     int64_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
+    Scratch<Offs<A>, 3> soy;
+    Scratch<Offs<A>, 4> sox;
+    Scratch<int64_t, 5> sny;
+    Scratch<int64_t, 6> snx;
     for (int64_t i = first; i < last; ++i) {
       const int64_t roi = by.order[i];
       const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
       const A count = A(std::max<int64_t>(gy * gx, 1));
-      for (int64_t y = 0; y < ph; ++y) {
+      if (!max_mode) {
+        // torchvision's order: sum += ((w1 v1 + w2 v2) + w3 v3) + w4 v4 per valid sample, then / count
+        Offs<A>* oy = soy.get(ph * gy + 1);
+        Offs<A>* ox = sox.get(pw * gx + 1);
+        int64_t* ny = sny.get(ph);
+        int64_t* nx = snx.get(pw);
+        compact_taps(ay.bin(roi, 0), ph, gy, v.y0, v.rs, oy, ny);
+        compact_taps(ax.bin(roi, 0), pw, gx, v.x0, v.ps, ox, nx);
+        for (int64_t y = 0; y < ph; ++y) {
+          for (int64_t x = 0; x < pw; ++x) {
+            V sum = {};
+            for (const Offs<A>* a = oy + y * gy; a < oy + y * gy + ny[y]; ++a) {
+              const A* rlo = v.ptr + a->lo;
+              const A* rhi = v.ptr + a->hi;
+              for (const Offs<A>* b = ox + x * gx; b < ox + x * gx + nx[x]; ++b) {
+                const A w1 = a->wlo * b->wlo, w2 = a->wlo * b->whi, w3 = a->whi * b->wlo, w4 = a->whi * b->whi;
+                sum += w1 * vload<V>(rlo + b->lo) + w2 * vload<V>(rlo + b->hi) + w3 * vload<V>(rhi + b->lo) +
+                       w4 * vload<V>(rhi + b->hi);
+              }
+            }
+            vstore(res + (y * pw + x) * CB, sum / count);
+          }
+        }
+      }
+      for (int64_t y = 0; y < ph && max_mode; ++y) {
         const Tap<A>* ty = ay.bin(roi, y);
         for (int64_t x = 0; x < pw; ++x) {
           const Tap<A>* tx = ax.bin(roi, x);
           A* acc = res + (y * pw + x) * CB;
-          if (!max_mode) {
-            // torchvision's order: sum += ((w1 v1 + w2 v2) + w3 v3) + w4 v4 per sample, then / count
-            V sum = {};
-            for (int64_t iy = 0; iy < gy; ++iy) {
-              if (!ty[iy].valid) continue;
-              for (int64_t ix = 0; ix < gx; ++ix) {
-                if (!tx[ix].valid) continue;
-                sum += sample<V>(v, ty[iy], tx[ix]);
-              }
-            }
-            vstore(acc, sum / count);
-            continue;
-          }
           // max: the first largest sample (NaN wins, like torch.max); samples outside the map are 0.
           V best = {};
           M a = M{} - 1;

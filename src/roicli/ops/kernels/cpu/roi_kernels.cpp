@@ -170,6 +170,12 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
     A* row = buf + (y - box.y0) * bw * CB;
     const S* line = src + y * st.sh + box.x0 * st.sw;
     if (st.sc < st.sw) {  // channels nearer in memory than pixels: read each pixel's channels
+      if constexpr (std::is_same_v<S, A>) {
+        if (st.sc == 1 && cn == CB) {  // channels-last: one vector per pixel
+          for (int64_t x = 0; x < bw; ++x) vstore(row + x * CB, vload<Vec<A>>(line + x * st.sw));
+          continue;
+        }
+      }
       for (int64_t x = 0; x < bw; ++x)
         for (int64_t c = 0; c < CB; ++c) row[x * CB + c] = c < cn ? A(line[x * st.sw + c * st.sc]) : A(0);
     } else {  // planar: read each channel's row
@@ -492,23 +498,21 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   return {out, argmax};
 }
 
-// acc[tap] += f(g, w) for the 4 taps of every valid sample of one bin (CB lanes), in torchvision's order.
-template <typename A, typename V, typename F, typename At>
-inline void align_scatter(const Tap<A>* ty, const Tap<A>* tx, int64_t gy, int64_t gx, const V& g, const F& f,
-                          const At& at) {
-  for (int64_t iy = 0; iy < gy; ++iy) {
-    if (!ty[iy].valid) continue;
-    for (int64_t ix = 0; ix < gx; ++ix) {
-      if (!tx[ix].valid) continue;
-      const A w1 = ty[iy].wlo * tx[ix].wlo, w2 = ty[iy].wlo * tx[ix].whi;
-      const A w3 = ty[iy].whi * tx[ix].wlo, w4 = ty[iy].whi * tx[ix].whi;
-      A* p1 = at(ty[iy].lo, tx[ix].lo);
+// acc[tap] += f(g, w) for the 4 taps of every valid sample of one bin (CB lanes), in torchvision's order;
+// oy/ox: the bin's valid samples (ny, nx of them) as offsets into acc.
+template <typename A, typename V, typename F>
+inline void align_scatter(A* acc, const Offs<A>* oy, int64_t ny, const Offs<A>* ox, int64_t nx, const V& g,
+                          const F& f) {
+  for (const Offs<A>* a = oy; a < oy + ny; ++a) {
+    for (const Offs<A>* b = ox; b < ox + nx; ++b) {
+      const A w1 = a->wlo * b->wlo, w2 = a->wlo * b->whi, w3 = a->whi * b->wlo, w4 = a->whi * b->whi;
+      A* p1 = acc + a->lo + b->lo;
       vstore(p1, vload<V>(p1) + f(g, w1));
-      A* p2 = at(ty[iy].lo, tx[ix].hi);
+      A* p2 = acc + a->lo + b->hi;
       vstore(p2, vload<V>(p2) + f(g, w2));
-      A* p3 = at(ty[iy].hi, tx[ix].lo);
+      A* p3 = acc + a->hi + b->lo;
       vstore(p3, vload<V>(p3) + f(g, w3));
-      A* p4 = at(ty[iy].hi, tx[ix].hi);
+      A* p4 = acc + a->hi + b->hi;
       vstore(p4, vload<V>(p4) + f(g, w4));
     }
   }
@@ -541,6 +545,10 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
     if (acc) std::fill(acc, acc + (box.y1 - box.y0) * bw * CB, A(0));
     A* tile = stile.get(bins * CB);
     auto at = [&](int64_t y, int64_t x) { return acc + ((y - box.y0) * bw + (x - box.x0)) * CB; };
+    Scratch<Offs<A>, 3> soy;
+    Scratch<Offs<A>, 4> sox;
+    Scratch<int64_t, 5> sny;
+    Scratch<int64_t, 6> snx;
     for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
       const int64_t roi = by.order[i];
       const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
@@ -549,6 +557,14 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
       const A count = A(gy * gx);
       const A inv = A(1) / count;
       const bool pow2 = ((gy * gx) & (gy * gx - 1)) == 0;
+      Offs<A>* oy = soy.get(ph * gy);
+      Offs<A>* ox = sox.get(pw * gx);
+      int64_t* ny = sny.get(ph);
+      int64_t* nx = snx.get(pw);
+      if (!max_mode) {
+        compact_taps(ay.bin(roi, 0), ph, gy, box.y0, bw * CB, oy, ny);
+        compact_taps(ax.bin(roi, 0), pw, gx, box.x0, CB, ox, nx);
+      }
       for (int64_t y = 0; y < ph; ++y) {
         const Tap<A>* ty = ay.bin(roi, y);
         for (int64_t x = 0; x < pw; ++x) {
@@ -572,10 +588,12 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
           }
           // torchvision's (g * w) / count, in its order (RoI, bin, sample, tap): the same bits. For a
           // power-of-two count, multiplying by its reciprocal is exact and the same.
+          const Offs<A>* by_ = oy + y * gy;
+          const Offs<A>* bx_ = ox + x * gx;
           if (pow2) {
-            align_scatter<A>(ty, tx, gy, gx, gv, [inv](const V& g, A w) { return g * w * inv; }, at);
+            align_scatter(acc, by_, ny[y], bx_, nx[x], gv, [inv](const V& g, A w) { return g * w * inv; });
           } else {
-            align_scatter<A>(ty, tx, gy, gx, gv, [count](const V& g, A w) { return g * w / count; }, at);
+            align_scatter(acc, by_, ny[y], bx_, nx[x], gv, [count](const V& g, A w) { return g * w / count; });
           }
         }
       }

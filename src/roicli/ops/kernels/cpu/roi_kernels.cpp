@@ -12,9 +12,19 @@
 //     A forward item is (image n, block of CB channels, chunk of that image's RoIs); a backward item
 //     is (image n, block of CB channels) and owns grad_input[n, block] alone: no atomics, and every
 //     sum runs in a fixed order whatever the number of threads (deterministic).
-//   * An item reads its channel block through a small channels-last buffer [rows, cols, CB] covering
-//     only the pixels its RoIs touch (a channels-last input of the accumulation dtype is read in
-//     place). Each tap is then one contiguous load of CB channels, and the CB lanes vectorize.
+//   * An item reads its channel block through a small channels-last buffer [rows, cols, CB] (1.7 MB
+//     for a 200x272 map in float32: it stays in L2) covering only the pixels its RoIs touch, copied
+//     from any layout (NCHW through 8x8 register transposes). Each tap is then one contiguous load
+//     of CB channels: the CB lanes are one GCC vector (explicit SIMD, whatever -march gives).
+//     Reading a channels-last input in place was tried: every tap is then its own far cache line,
+//     3x slower than the copy. A backward item sums into such a buffer and transposes it into
+//     grad_input once (roi_pool's float32/float64 backward sums straight into grad_input).
+//   * The forward visits an image's RoIs top to bottom (each RoI's output is its own, so the order
+//     changes no bit) so consecutive RoIs reuse cached rows; the backward keeps the RoI order, which
+//     with torchvision's per-sample arithmetic gives torchvision's gradients bit for bit.
+//   * roi_align avg follows torchvision's arithmetic exactly (w1..w4 products, ((w1 v1 + w2 v2) +
+//     w3 v3) + w4 v4 per sample, / count; backward (g * w) / count): float32 and float64 results equal
+//     torchvision's CPU kernels bit for bit. Half types are read into float32 and rounded once.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -551,8 +551,8 @@ def test_unreachable_ray_address_is_one_line_and_quick(tmp_path, monkeypatch):
 def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
     """Issue 9 item 22: shards are written from the items' tensors (no joined copy in memory), and
     the bytes are exactly those of the joined tensors."""
-    from roicli.batch import shard_parts
-    from roicli.io.safetensors_io import dumps
+    from roicli.batch import shard_tensors
+    from roicli.io.safetensors_io import dump_parts, dumps
 
     gen = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.float16):
@@ -566,4 +566,4 @@ def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
             "pooled": torch.cat([t["pooled"] for _, t in items]),
             "rois": torch.cat([t["rois"] for _, t in items]).double(),
         }
-        assert b"".join(shard_parts(items, meta)) == dumps(joined, meta)
+        assert b"".join(dump_parts(shard_tensors(items), meta)) == dumps(joined, meta)

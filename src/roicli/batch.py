@@ -31,7 +31,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,11 +47,12 @@ from pathlib import Path
 import torch
 
 import roicli
-from roicli.errors import OutputError, RoicliError, Terminated, UsageError
+from roicli.errors import EngineError, OutputError, RoicliError, Terminated, UsageError
 from roicli.io.features import is_image_path
+from roicli.io.header import read_complete_header
 from roicli.io.manifest import Item
 from roicli.io.output import write_output
-from roicli.io.safetensors_io import _DTYPES, _raw, dump_parts
+from roicli.io.safetensors_io import dump_parts
 from roicli.pipeline import PoolSpec, pool_job
 
 _SHARD = re.compile(r"^shard-(\d{5})\.(safetensors|index\.jsonl)$")
@@ -60,7 +60,6 @@ _TEMP = re.compile(r"^\..+\.tmp$")  # write_output's temp files: `.NAME.RANDOM.t
 LOCK_NAME = ".roicli-batch.lock"
 STAMP_KEY = "roicli_batch"  # the output metadata key that resume verifies
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass
@@ -148,52 +147,13 @@ def _dumps_stamp(st: dict) -> str:
     return json.dumps(st, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def read_header(path: Path) -> dict | None:
-    """The safetensors header of `path` when the file is complete (its size is exactly the header's
-    end and the tensors tile the data), else None. Reads the header only, never the tensors."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100 << 20):
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(header, dict):
-        return None
-    spans = []
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            lo, hi = (int(v) for v in t["data_offsets"])
-            count = 1
-            for d in t["shape"]:
-                count *= int(d)
-            if hi - lo != count * _ITEMSIZE[t["dtype"]]:
-                return None
-        except (KeyError, TypeError, ValueError):
-            return None
-        spans.append((lo, hi))
-    end = 0
-    for lo, hi in sorted(spans):
-        if lo != end:
-            return None
-        end = hi
-    return header if size == 8 + n + end else None
-
-
 def verify(path: Path, expected: dict) -> str | None:
     """None when `path` is a complete output made from `expected` (a `stamp`), else why not."""
-    header = read_header(path)
+    header = read_complete_header(path)
     if header is None:
         return "incomplete or unreadable"
     try:
-        found = json.loads(header.get("__metadata__", {})[STAMP_KEY])
+        found = json.loads(header.metadata[STAMP_KEY])
     except (KeyError, TypeError, ValueError):
         return "no batch record"
     return _compare(found, expected)
@@ -210,26 +170,8 @@ def _compare(found: dict, expected: dict) -> str | None:
 # ----------------------------------------------------------------------------- one item
 
 
-def _warnings(result) -> list[str]:
-    """The warnings `roicli align` prints for this result (the pipeline's own list when it has one)."""
-    own = getattr(result, "warnings", None)
-    if callable(own):
-        return [str(w) for w in own()]
-    bad, ids = result.degenerate, result.inputs.rois.ids
-    if not bad:
-        return []
-    names = ", ".join(repr(ids[i]) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-    return [
-        f"{len(bad)} zero-size or inverted box(es) (ids {names}); pooled as given "
-        "(they sample a degenerate region; --strict makes this an error)"
-    ]
-
-
 def _is_disk_full(e: BaseException) -> bool:
-    for x in (e, e.__cause__, e.__context__):
-        if isinstance(x, OSError) and x.errno in _DISK_FULL:
-            return True
-    return getattr(e, "errno", None) in _DISK_FULL or "No space left" in str(e)
+    return getattr(e, "errno", None) in _DISK_FULL  # an OSError, or roicli's OutputError carrying one
 
 
 def run_item(item: Item, spec: PoolSpec, outdir: str | None, fsync: bool = False, strict: bool = False) -> dict:
@@ -239,7 +181,7 @@ def run_item(item: Item, spec: PoolSpec, outdir: str | None, fsync: bool = False
     st = stamp(item, spec)  # before the inputs are read: a later change makes the record stale
     try:
         result = pool_job(item.features, item.rois, item_spec(item, spec), rois_text=item.rois_text, strict=strict)
-        status = {"index": item.index, "ok": True, "rois": result.summary["rois"], "warnings": _warnings(result)}
+        status = {"index": item.index, "ok": True, "rois": result.summary["rois"], "warnings": result.warnings()}
         if outdir is None:
             return {**status, "tensors": result.tensors, "metadata": result.metadata, "stamp": st}
         result.metadata[STAMP_KEY] = _dumps_stamp(st)
@@ -462,10 +404,10 @@ def check_address(address: str, timeout: float = 3.0) -> None:
             pass
     except OSError as e:
         why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise RoicliError(f"--address {address}: cannot reach a Ray cluster ({why})") from None
+        raise EngineError(f"--address {address}: cannot reach a Ray cluster ({why})") from None
 
 
-def _ray_error(e: BaseException, address: str | None, log: str) -> RoicliError:
+def _ray_error(e: BaseException, address: str | None, log: str) -> EngineError:
     """One line from Ray's exception chain: its innermost message's first sentence."""
     chain = [e]
     while chain[-1].__cause__ is not None and len(chain) < 10:
@@ -474,7 +416,7 @@ def _ray_error(e: BaseException, address: str | None, log: str) -> RoicliError:
     text = lines[-1] if lines else type(chain[-1]).__name__
     text = text.split(". ")[0][:300]
     where = f" at {address}" if address else ""
-    return RoicliError(f"Ray cluster{where}: {text} (Ray's log: {log})")
+    return EngineError(f"Ray cluster{where}: {text} (Ray's log: {log})")
 
 
 def _ray(
@@ -669,34 +611,16 @@ def remove_stale_temp_files(outdir: Path) -> int:
 # ----------------------------------------------------------------------------- shards
 
 
-def shard_parts(items: list[tuple[int, dict]], metadata: dict[str, str]) -> list[memoryview]:
-    """A shard as the buffers `dump_parts` would give for the joined tensors (the same bytes), but
-    streamed from each item's own `pooled` tensor: no joined copy of the shard in memory.
-    Tensors: `items` (Tensor[R] int64, each row's item), `pooled` (Tensor[R, C, PH, PW]), `rois`
-    (Tensor[R, 5] float64); R = the items' RoIs together."""
-    pooled = [t["pooled"] for _, t in items]
-    rows = sum(p.shape[0] for p in pooled)
-    small = {
-        "items": torch.cat([torch.full((p.shape[0],), i, dtype=torch.int64) for (i, _), p in zip(items, pooled)]),
+def shard_tensors(items: list[tuple[int, dict]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """A shard's tensors from its items' outputs, `pooled` as the list of the items' own tensors
+    (streamed by `dump_parts`: no joined copy of the shard in memory). `items` (Tensor[R] int64,
+    each row's item), `pooled` (Tensor[R, C, PH, PW]), `rois` (Tensor[R, 5] float64); R = the items'
+    RoIs together."""
+    return {
+        "items": torch.cat([torch.full((t["pooled"].shape[0],), i, dtype=torch.int64) for i, t in items]),
+        "pooled": [t["pooled"] for _, t in items],
         "rois": torch.cat([t["rois"].double() for _, t in items]).contiguous(),
     }
-    big = [_raw(p) for p in pooled]
-    shapes = {
-        "items": (small["items"], list(small["items"].shape), [_raw(small["items"])]),
-        "pooled": (pooled[0], [rows, *pooled[0].shape[1:]], big),
-        "rois": (small["rois"], list(small["rois"].shape), [_raw(small["rois"])]),
-    }
-    header: dict = {"__metadata__": {k: str(v) for k, v in sorted(metadata.items())}}
-    blobs, offset = [], 0
-    for name in sorted(shapes):  # the order and format of `dump_parts`
-        like, shape, data = shapes[name]
-        size = sum(d.nbytes for d in data)
-        header[name] = {"dtype": _DTYPES[like.dtype], "shape": shape, "data_offsets": [offset, offset + size]}
-        blobs += data
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return [memoryview(struct.pack("<Q", len(text)) + text), *blobs]
 
 
 class ShardWriter:
@@ -723,14 +647,14 @@ class ShardWriter:
         why_not: dict[int, str] = {}
         for name in sorted(n for n in os.listdir(self.outdir) if n.endswith(".index.jsonl") and _SHARD.match(n)):
             shard = name.replace(".index.jsonl", ".safetensors")
-            header = read_header(self.outdir / shard)
+            header = read_complete_header(self.outdir / shard)
             try:
                 rows = [json.loads(line) for line in (self.outdir / name).read_text().splitlines() if line.strip()]
                 in_shard = {int(r["item"]) for r in rows}
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not ours to read; removed at the end of a complete run
             try:
-                records = json.loads(header["__metadata__"][STAMP_KEY])["items"] if header else None
+                records = json.loads(header.metadata[STAMP_KEY])["items"] if header else None
             except (KeyError, TypeError, ValueError):
                 records = {}
             for i in in_shard:
@@ -777,7 +701,7 @@ class ShardWriter:
         meta = {k: v for k, v in self.buffer[0]["metadata"].items() if k not in drop}
         meta["items"] = json.dumps([self.items[r["index"]].output for r in self.buffer])
         meta[STAMP_KEY] = _dumps_stamp({"items": {str(r["index"]): r["stamp"] for r in self.buffer}})
-        parts = shard_parts([(r["index"], r["tensors"]) for r in self.buffer], meta)
+        parts = dump_parts(shard_tensors([(r["index"], r["tensors"]) for r in self.buffer]), meta)
         write_output(str(self.outdir / f"{name}.safetensors"), parts, self.fsync)
         del parts
         lines = []

@@ -16,7 +16,16 @@ class InputError(RoicliError):
 
 
 class OutputError(RoicliError):
-    """An output cannot be written where it was asked for."""
+    """An output cannot be written where it was asked for. `errno` is the OS error's, when there was
+    one (ENOSPC: the disk is full)."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class EngineError(RoicliError):
+    """An execution engine (a Ray cluster) refused the job or failed under it."""
 
 
 class UsageError(RoicliError):

@@ -226,10 +226,7 @@ def pool_job(
     feats, roi_set = inputs.features, inputs.rois
     check_pool_memory(feats, len(roi_set), spec)
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
-    bad, outside = roi_set.degenerate(), outside_rows(inputs, levels)
-    if strict and (bad or outside):
-        what, rows = ("zero-size or inverted box(es)", bad) if bad else ("box(es) entirely outside the map", outside)
-        raise InputError(f"{roi_set.source}: {len(rows)} {what} (ids {_names(roi_set.ids, rows)})")
+    bad, outside = check_boxes(inputs, levels, strict)
     pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
     seconds = time.perf_counter() - t0
 
@@ -306,6 +303,17 @@ def roi_warnings(roi_set: RoiSet, degenerate: list[int], outside: list[int]) -> 
         shown = ", ".join(repr(i) for i in dup[:5]) + (" ..." if len(dup) > 5 else "")
         out.append(f"{roi_set.source}: {len(dup)} id(s) given to more than one RoI ({shown})")
     return out
+
+
+def check_boxes(inputs: Inputs, levels: torch.Tensor, strict: bool = False) -> tuple[list[int], list[int]]:
+    """Rows of zero-size or inverted boxes and of boxes entirely outside their map; with `strict`,
+    either is an error naming them (otherwise `roi_warnings` words them)."""
+    roi_set = inputs.rois
+    bad, outside = roi_set.degenerate(), outside_rows(inputs, levels)
+    if strict and (bad or outside):
+        what, rows = ("zero-size or inverted box(es)", bad) if bad else ("box(es) entirely outside the map", outside)
+        raise InputError(f"{roi_set.source}: {len(rows)} {what} (ids {_names(roi_set.ids, rows)})")
+    return bad, outside
 
 
 def outside_rows(inputs: Inputs, levels: torch.Tensor) -> list[int]:

@@ -17,7 +17,7 @@ import typer
 from roicli.cli import pooling as opt
 from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
 from roicli.cli.render import FORMATS, render_text, to_json
-from roicli.errors import InputError, UsageError
+from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
 
 # The columns the terminal table shows, in display order (json/jsonl/csv carry every column).
@@ -125,7 +125,7 @@ def compare(
         inputs = [features, rois, backbone if backbone != "builtin" else ""]
         check_output(output, inputs, binary=False, suffixes=tuple(SUFFIXES))
 
-    from roicli.pipeline import PoolSpec, load_inputs, outside_rows, roi_warnings, rois_and_levels
+    from roicli.pipeline import PoolSpec, check_boxes, load_inputs, roi_warnings, rois_and_levels
     from roicli.report import COLUMN_DEFINITIONS, by_size, compare_chunks, explain, headline, summarize
 
     spec = PoolSpec(
@@ -150,11 +150,7 @@ def compare(
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5] in the op's dtype, [K]
     _check_memory(feats, len(roi_set) if explain_id is None else 1, size, chunk_size)
     console = stderr()
-    bad, outside = roi_set.degenerate(), outside_rows(inputs, levels)
-    if strict and (bad or outside):
-        what, rows = ("zero-size or inverted box(es)", bad) if bad else ("box(es) entirely outside the map", outside)
-        names = ", ".join(repr(roi_set.ids[i]) for i in rows[:5]) + (" ..." if len(rows) > 5 else "")
-        raise InputError(f"{roi_set.source}: {len(rows)} {what} (ids {names}); --strict")
+    bad, outside = check_boxes(inputs, levels, strict)
     if not quiet:
         for warning in roi_warnings(roi_set, bad, outside):
             console.print(f"Warning: {warning}", markup=False)

@@ -8,6 +8,7 @@ Layout: 8 bytes little-endian header length n, n bytes of JSON, then the tensors
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -52,10 +53,10 @@ def parse_header(head: bytes, source: str, size: int | None = None) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise InputError(f"{source}: not a safetensors file (__metadata__ is not an object)")
-    end = 0
+    spans = []
     for name, e in header.items():
         try:
-            begin, stop = e["data_offsets"]
+            begin, stop = (int(x) for x in e["data_offsets"])
             count = 1
             for d in e["shape"]:
                 count *= int(d)
@@ -64,12 +65,29 @@ def parse_header(head: bytes, source: str, size: int | None = None) -> Header:
             ok = False
         if not ok:
             raise InputError(f"{source}: not a safetensors file (bad entry for tensor {name!r})")
-        end = max(end, stop)
+        spans.append((begin, stop))
+    end = 0
+    for begin, stop in sorted(spans):  # the tensors tile the data: no gap, no overlap
+        if begin != end:
+            raise InputError(f"{source}: not a safetensors file (tensor data has a gap or an overlap)")
+        end = stop
     if size is not None and 8 + n + end > size:
         raise InputError(
             f"{source}: truncated safetensors file: tensors need {end} bytes of data, found {size - 8 - n}"
         )
     return Header(header, metadata, 8 + n, 8 + n + end)
+
+
+def read_complete_header(path: str | os.PathLike) -> Header | None:
+    """The header of `path` when it is a whole safetensors file (its size is exactly the header's
+    end), else None: how a resume decides, cheaply, whether an output can be trusted."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = read_header(f, str(path), size)
+    except (OSError, InputError):
+        return None
+    return header if header.data_end == size else None
 
 
 def read_header(f: BinaryIO, source: str, size: int | None = None) -> Header:

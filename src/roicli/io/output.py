@@ -94,7 +94,7 @@ def write_stdout(data: Data) -> None:
         ) from None
     except OSError as e:
         raise OutputError(
-            f"stdout: cannot write ({e.strerror}) after {done} of {total} bytes; the output is incomplete"
+            f"stdout: cannot write ({e.strerror}) after {done} of {total} bytes; the output is incomplete", e.errno
         ) from None
 
 
@@ -147,7 +147,7 @@ def write_outputs(outputs: Iterable[tuple[str, Data]], fsync: bool = True) -> No
         for s in staged:
             s.discard()
         if isinstance(e, OSError):
-            raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+            raise OutputError(f"{path}: cannot write: {e.strerror or e}", e.errno) from None
         raise
 
 

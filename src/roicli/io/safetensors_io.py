@@ -35,23 +35,29 @@ def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
     return b"".join(dump_parts(tensors, metadata))  # one copy of the data
 
 
-def dump_parts(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> list[memoryview]:
+def dump_parts(
+    tensors: dict[str, torch.Tensor | list[torch.Tensor]], metadata: dict[str, str] | None = None
+) -> list[memoryview]:
     """The file as a list of buffers (the 8-byte length + header, then each tensor's bytes), to be
-    written one after another without joining them: no second copy of a large output in memory."""
+    written one after another without joining them: no second copy of a large output in memory.
+
+    A value may be a list of tensors of one dtype and trailing shape: it is stored as their
+    concatenation along dim 0 (the same bytes as `torch.cat`), streamed piece by piece."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
     blobs, offset = [], 0
     for name in sorted(tensors):
-        t = tensors[name]
-        data = _raw(t)
+        pieces = tensors[name] if isinstance(tensors[name], list) else [tensors[name]]
+        data = [_raw(t) for t in pieces]
+        size = sum(d.nbytes for d in data)
         header[name] = {
-            "dtype": _DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + data.nbytes],
+            "dtype": _DTYPES[pieces[0].dtype],
+            "shape": [sum(t.shape[0] for t in pieces), *pieces[0].shape[1:]] if pieces[0].dim() else [],
+            "data_offsets": [offset, offset + size],
         }
-        blobs.append(data)
-        offset += data.nbytes
+        blobs += data
+        offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return [memoryview(struct.pack("<Q", len(text)) + text), *blobs]

@@ -31,12 +31,12 @@ def _raw(t: torch.Tensor) -> memoryview:
     return memoryview(t.numpy().reshape(-1)).cast("B")
 
 
-def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+def dumps(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
     return b"".join(dump_parts(tensors, metadata))  # one copy of the data
 
 
 def dump_parts(
-    tensors: dict[str, torch.Tensor | list[torch.Tensor]], metadata: dict[str, str] | None = None
+    tensors: dict[str, torch.Tensor | list[torch.Tensor]], metadata: dict | None = None
 ) -> list[memoryview]:
     """The file as a list of buffers (the 8-byte length + header, then each tensor's bytes), to be
     written one after another without joining them: no second copy of a large output in memory.
@@ -45,7 +45,8 @@ def dump_parts(
     concatenation along dim 0 (the same bytes as `torch.cat`), streamed piece by piece."""
     header: dict = {}
     if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in sorted(metadata.items())}
+        # The format's metadata is strings only: numbers, booleans and lists go in as JSON.
+        header["__metadata__"] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sorted(metadata.items())}
     blobs, offset = [], 0
     for name in sorted(tensors):
         pieces = tensors[name] if isinstance(tensors[name], list) else [tensors[name]]

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 import torch
 
-from roicli.errors import RoicliError
+from roicli.errors import RoicliError, ValidationError
 from roicli.ops._validate import check_values
 from roicli.ops.kernels.select import kernel_for
 
@@ -83,7 +83,13 @@ def argmax_unused() -> Iterator[None]:
 # --------------------------------------------------------------------------- real kernels
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ("avg", "max"):
+        raise ValidationError(f"mode: expected 'avg' or 'max', got {mode!r}")
+
+
 def _roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
+    _check_mode(mode)
     check_values(rois, input.shape[0])
     return kernel_for(input.device).roi_align_forward(
         input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode
@@ -142,6 +148,7 @@ for _name, _fn in [
 
 @_register_fake("roicli::roi_align", lib=_lib)
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
+    _check_mode(mode)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
     argmax = input.new_empty(shape if mode == "max" else (0,), dtype=torch.long)
     return input.new_empty(shape), argmax

@@ -75,9 +75,9 @@ def roi_align_forward(
     value, index = samples.max(dim=-1)  # [K, PH, PW, C]
     empty = ((gy == 0) | (gx == 0))[:, None, None, None]  # [K, 1, 1, 1]
     out = value.masked_fill(empty, 0.0).permute(0, 3, 1, 2).to(input.dtype).contiguous()
-    # Index into the padded IY x IX grid -> iy * IX + ix with the RoI's own IX.
-    own = (index // ix) * gx[:, None, None, None] + index % ix
-    argmax = own.masked_fill(empty, -1).permute(0, 3, 1, 2).contiguous()  # [K, C, PH, PW]
+    if sampling_ratio <= 0:  # index into the padded IY x IX grid -> iy * IX + ix with the RoI's own IX
+        index = (index // ix) * gx[:, None, None, None] + index % ix
+    argmax = index.masked_fill_(empty, -1).permute(0, 3, 1, 2).contiguous()  # [K, C, PH, PW]
     return out, argmax
 
 
@@ -96,23 +96,28 @@ def roi_align_backward(
         return separable_mean_backward(
             grad, base, *_mean_taps(ry, wy, gy, rx, wx, gx), sampling_ratio <= 0, (n, c, h, w)
         )
-    # mode "max": the bin's gradient goes to the 4 bilinear taps of its winning sample.
-    dtype = compute_dtype(grad.dtype)
+    # mode "max": the bin's gradient goes to its winning sample, and from there to the sample's 4
+    # bilinear taps: the averaging backward with one "bin" per sample (2 row x 2 column taps).
+    iy, ix = ry.shape[2], rx.shape[2]  # padded grid
+    if iy * ix == 0:
+        return grad.new_zeros((n, c, h, w))
     won = argmax >= 0  # [K, C, PH, PW]
-    gxk = gx.clamp_min(1)[:, None, None, None]
-    iy = torch.where(won, argmax // gxk, 0)
-    ix = torch.where(won, argmax % gxk, 0)
-    kk = torch.arange(k, device=grad.device)[:, None, None, None]
-    pp = torch.arange(ph, device=grad.device)[None, None, :, None]
-    qq = torch.arange(pw, device=grad.device)[None, None, None, :]
-    rows, row_w = ry[kk, pp, iy], wy[kk, pp, iy]  # [K, C, PH, PW, 2]
-    cols, col_w = rx[kk, qq, ix], wx[kk, qq, ix]
-    plane = ((rois[:, 0].long() * c)[:, None] + torch.arange(c, device=grad.device)) * (h * w)  # [K, C]
-    index = plane[:, :, None, None, None, None] + rows[..., :, None] * w + cols[..., None, :]  # [K, C, PH, PW, 2, 2]
-    weight = (row_w[..., :, None] * col_w[..., None, :]).to(dtype) * (grad.to(dtype) * won)[..., None, None]
-    grad_input = torch.zeros(n * c * h * w, dtype=dtype, device=grad.device)
-    grad_input.index_add_(0, index.flatten(), weight.flatten())
-    return grad_input.view(n, c, h, w).to(grad.dtype)
+    if sampling_ratio > 0:  # every RoI has the padded grid: the index is already iy * IX + ix
+        padded = argmax.clamp_min(0)
+    else:
+        gxk = gx.clamp_min(1)[:, None, None, None]
+        padded = torch.where(won, (argmax // gxk) * ix + argmax % gxk, 0)
+    per_sample = grad.new_zeros((k, c, ph, pw, iy * ix))
+    per_sample.scatter_(-1, padded[..., None], torch.where(won, grad, 0)[..., None])
+    # One copy to [K, PH, IY, PW, IX, C]: the channels-last rows the averaging backward reads.
+    per_sample = per_sample.view(k, c, ph, pw, iy, ix).permute(0, 2, 4, 3, 5, 1).contiguous()
+    per_sample = per_sample.view(k, ph * iy, pw * ix, c).permute(0, 3, 1, 2)  # [K, C, PH*IY, PW*IX]
+    return separable_mean_backward(
+        per_sample, base,
+        ry.reshape(k, ph * iy, 2), wy.reshape(k, ph * iy, 2),
+        rx.reshape(k, pw * ix, 2), wx.reshape(k, pw * ix, 2),
+        False, (n, c, h, w),
+    )
 
 
 def roi_pool_forward(

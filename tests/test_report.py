@@ -630,3 +630,14 @@ def test_show_legend_does_not_hide_rois(tmp_path):
     assert_canvas(img, (round(266 * zoom), 1120))
     # RoI 0 = [10, 10, 40, 42]: its exact top edge midway across, image (25, 10).
     assert pixel(img, 25 * zoom, 10 * zoom + 1) == EXACT
+
+
+def test_width_and_height_of_a_non_square_box(tmp_path: Path):
+    """Issue 12 item 6: w and h (and their per-axis geometry) are not swapped. A 96 x 32 px box at
+    stride 8 on a 16 x 24 map: x spans cells 1 .. 13 (12 cells), y spans cells 2 .. 6 (4 cells)."""
+    feats = save_map(tmp_path / "f.safetensors", torch.rand(1, 2, 16, 24, dtype=torch.float64), 8)
+    rois = save_rois(tmp_path / "r.json", [[8, 16, 104, 48]])
+    row = json.loads(ok("compare", feats, rois, "-f", "json", "--output-size", "4x2").stdout)["rows"][0]
+    assert (row["box_w_px"], row["box_h_px"]) == (96, 32)
+    assert (row["x_exact_size"], row["y_exact_size"]) == (12, 4)
+    assert (row["x_exact_bin"], row["y_exact_bin"]) == (6, 1)  # 2 bins across, 4 down

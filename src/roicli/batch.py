@@ -77,15 +77,15 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "stop"):
-            raise UsageError(f"--on-error: expected skip or stop, got {self.on_error!r}")
+            raise UsageError(f"{{on_error}}: expected skip or stop, got {self.on_error!r}", param="on_error")
         if self.engine not in ("local", "ray"):
-            raise UsageError(f"--engine: expected local or ray, got {self.engine!r}")
+            raise UsageError(f"{{engine}}: expected local or ray, got {self.engine!r}", param="engine")
         if self.shard_rois is not None and self.shard_rois <= 0:
-            raise UsageError(f"--shard-rois: expected a positive number, got {self.shard_rois}")
+            raise UsageError(f"{{shard_rois}}: expected a positive number, got {self.shard_rois}", param="shard_rois")
         if self.workers < 0:
-            raise UsageError(f"--workers: expected 0 (auto) or more, got {self.workers}")
+            raise UsageError(f"{{workers}}: expected 0 (auto) or more, got {self.workers}", param="workers")
         if self.address is not None and self.engine != "ray":
-            raise UsageError("--address: applies to --engine ray only")
+            raise UsageError("{address}: applies to {engine} ray only", param=("address", "engine"))
 
 
 def usable_cores() -> int:
@@ -397,14 +397,14 @@ def check_address(address: str, timeout: float = 3.0) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--address: expected HOST:PORT (or ray://HOST:PORT), got {address!r}")
+        raise UsageError(f"{{address}}: expected HOST:PORT (or ray://HOST:PORT), got {address!r}", param="address")
     host = host.strip("[]") or "127.0.0.1"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
         why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise EngineError(f"--address {address}: cannot reach a Ray cluster ({why})") from None
+        raise EngineError(f"{{address}} {address}: cannot reach a Ray cluster ({why})", param="address") from None
 
 
 def _ray_error(e: BaseException, address: str | None, log: str) -> EngineError:
@@ -428,7 +428,7 @@ def _ray(
     try:
         import ray
     except ImportError:
-        raise UsageError("--engine ray needs Ray: pip install 'roicli[ray]'") from None
+        raise UsageError("{engine} ray needs Ray: pip install 'roicli[ray]'", param="engine") from None
     started = ok = False
     reaper = None
     with ray_output_to_log() as log:
@@ -707,7 +707,7 @@ class ShardWriter:
         lines = []
         row = 0
         for r in self.buffer:
-            for rid in json.loads(r["metadata"]["ids"]):
+            for rid in r["metadata"]["ids"]:
                 lines.append(
                     json.dumps(
                         {
@@ -892,7 +892,7 @@ def _run_locked(items: list[Item], cfg: BatchConfig, outdir: Path, progress) -> 
                 if res.get("disk_full"):
                     disk_full = error
             if progress:
-                progress({"ok": ok, "failed": failed, "rois": rois})
+                progress({"ok": ok, "failed": failed, "rois": rois, "items": len(items)})
             if disk_full or (error is not None and cfg.on_error == "stop"):
                 stopped = True
                 break
@@ -934,3 +934,16 @@ def _run_locked(items: list[Item], cfg: BatchConfig, outdir: Path, progress) -> 
         "workers": workers if cfg.engine == "local" else None,
         "threads_per_worker": threads if cfg.engine == "local" else None,
     }
+
+
+class _CallableModule(type(sys)):
+    """`roicli.batch` is both this module and the API's `roicli.batch(...)`: importing the module
+    sets the package's attribute to it, so the module itself calls `roicli.api.batch`."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        from roicli.api import batch
+
+        return batch(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -2,9 +2,27 @@
 
 
 class RoicliError(Exception):
-    """Base class of every error roicli raises on purpose."""
+    """Base class of every error roicli raises on purpose.
+
+    `param` names the parameter(s) of the Python API the error is about (`"chunk_size"`, or a tuple).
+    The message may mark where a parameter is named with `{name}`: `str(e)` words it as the API's
+    name (`chunk_size: expected ...`), and the CLI words it as its flag (`--chunk-size: expected ...`)
+    with `e.worded(flag_of)`."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *args, param: str | tuple[str, ...] | None = None):
+        self.params = (param,) if isinstance(param, str) else tuple(param or ())
+        self.param = self.params[0] if self.params else None
+        self.template = message
+        super().__init__(self.worded(), *args)
+
+    def worded(self, name=None) -> str:
+        """The message with each marked parameter as `name(param)` (default: the parameter itself)."""
+        text = self.template
+        for p in self.params:
+            text = text.replace("{" + p + "}", name(p) if name else p)
+        return text
 
 
 class ValidationError(RoicliError, ValueError):
@@ -19,8 +37,8 @@ class OutputError(RoicliError):
     """An output cannot be written where it was asked for. `errno` is the OS error's, when there was
     one (ENOSPC: the disk is full)."""
 
-    def __init__(self, message: str, errno: int | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, errno: int | None = None, *, param: str | tuple[str, ...] | None = None):
+        super().__init__(message, param=param)
         self.errno = errno
 
 

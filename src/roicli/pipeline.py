@@ -6,28 +6,29 @@ It reads files and calls the ops; it never prints (callers report warnings and p
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 
 import roicli
-from roicli.errors import InputError, UsageError
+from roicli import registry
+from roicli.errors import InputError, ResourceError, UsageError
 from roicli.io.features import Features, features_from_image, features_from_safetensors, is_image_path
 from roicli.io.output import read_input
-from roicli.io.rois import RoiSet, read_rois
-from roicli.io.safetensors_io import dump_parts, dumps
-from roicli.ops import fpn_levels, pool_levels, precise_roi_pool, roi_align, roi_pool
+from roicli.io.rois import ROIS_FORMATS, RoiSet, read_rois
+from roicli.io.safetensors_io import dumps
+from roicli.io.writers import encode
+from roicli.ops import fpn_levels, pool_levels
 from roicli.ops._validate import compute_dtype
 from roicli.report import pool_geometry
 from roicli.resources import check_memory
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPS = ("align", "pool", "precise")
+OPS = tuple(registry.OPS)  # the op names, in the registry's order
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,51 +39,73 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if re.fullmatch(r"cuda(:\d+)?", name):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise UsageError(
+                f"{{device}} {name}: CUDA is not available on this machine; use {{device}} cpu", param="device"
+            )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise UsageError(f"{{device}} {name}: only {torch.cuda.device_count()} CUDA device(s) here", param="device")
         return dev
     if name == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise UsageError("--device mps: MPS is not available on this machine; use --device cpu")
+            raise UsageError("{device} mps: MPS is not available on this machine; use {device} cpu", param="device")
         return torch.device("mps")
-    raise UsageError(f"--device: expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    raise UsageError(f"{{device}}: expected auto, cpu, cuda, cuda:N or mps, got {name!r}", param="device")
 
 
 def resolve_dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
     if name not in DTYPES:
-        raise UsageError(f"--dtype: expected one of {', '.join(DTYPES)}, got {name!r}")
+        raise UsageError(f"{{dtype}}: expected one of {', '.join(DTYPES)}, got {name!r}", param="dtype")
     return DTYPES[name]
 
 
 def scale_option(spatial_scale: float | None, stride: float | None) -> float | None:
     if spatial_scale is not None and stride is not None:
-        raise UsageError("give --spatial-scale or --stride, not both")
+        raise UsageError("give {spatial_scale} or {stride}, not both", param=("spatial_scale", "stride"))
     if spatial_scale is not None:
         if not 0 < spatial_scale < math.inf:
-            raise UsageError(f"--spatial-scale: expected a finite positive number, got {spatial_scale}")
+            raise UsageError(
+                f"{{spatial_scale}}: expected a finite positive number, got {spatial_scale}", param="spatial_scale"
+            )
         return spatial_scale
     if stride is not None:
         if not 0 < stride < math.inf:
-            raise UsageError(f"--stride: expected a finite positive number, got {stride}")
+            raise UsageError(f"{{stride}}: expected a finite positive number, got {stride}", param="stride")
         return 1.0 / stride
     return None
 
 
+def parse_output_size(value: int | str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """`7` or `"7"` -> (7, 7); `"7x5"` or `(7, 5)` -> (7, 5)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value):
+        return int(value[0]), int(value[1])
+    if _is_int(value) and value > 0:
+        return int(value), int(value)
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?", value) if isinstance(value, str) else None
+    if not m or int(m.group(1)) <= 0 or (m.group(2) is not None and int(m.group(2)) <= 0):
+        raise UsageError(f"{{output_size}}: expected a positive size like 7 or 7x5, got {value!r}", param="output_size")
+    ph = int(m.group(1))
+    return ph, int(m.group(2)) if m.group(2) else ph
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @dataclass
 class PoolSpec:
-    """Everything that says how to read the inputs and which op to run with which parameters."""
+    """Everything that says how to read the inputs and which op to run with which parameters.
+
+    `op_params` holds the op's own parameters (the registry's `Op.params`), filled in with their
+    defaults and checked when the spec is made. Build one from keywords with `spec_from_options`."""
 
     op: str = "align"
     output_size: tuple[int, int] = (7, 7)
+    op_params: dict = field(default_factory=dict)
     spatial_scale: float | None = None
     stride: float | None = None
-    sampling_ratio: int = -1
-    aligned: bool = False
-    mode: str = "avg"
     key: str | None = None
     backbone: str = "builtin"
     box_format: str | None = None
@@ -95,35 +118,64 @@ class PoolSpec:
     max_image_pixels: int | None = None  # None: io.images.MAX_PIXELS
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise UsageError(f"--op: expected one of {', '.join(OPS)}, got {self.op!r}")
-        if self.mode not in ("avg", "max"):
-            raise UsageError(f"--mode: expected avg or max, got {self.mode!r}")
-        if self.chunk_size <= 0:
-            raise UsageError(f"--chunk-size: expected a positive number, got {self.chunk_size}")
+        entry = registry.get(self.op)
+        self.output_size = parse_output_size(self.output_size)
+        self.op_params = entry.resolve(self.op_params)
+        if self.box_format is not None and self.box_format not in entry.box_formats:
+            raise UsageError(
+                f"{{box_format}}: expected one of {', '.join(entry.box_formats)}, got {self.box_format!r}",
+                param="box_format",
+            )
+        if self.rois_format not in ROIS_FORMATS:
+            raise UsageError(
+                f"{{rois_format}}: expected one of {', '.join(ROIS_FORMATS)}, got {self.rois_format!r}",
+                param="rois_format",
+            )
+        if not _is_int(self.chunk_size) or self.chunk_size <= 0:
+            raise UsageError(f"{{chunk_size}}: expected a positive number, got {self.chunk_size}", param="chunk_size")
         if not 0 < self.canonical_size < math.inf:
-            raise UsageError(f"--canonical-size: expected a finite positive number, got {self.canonical_size}")
-        if self.canonical_level < 0:
-            raise UsageError(f"--canonical-level: expected 0 or more, got {self.canonical_level}")
+            raise UsageError(
+                f"{{canonical_size}}: expected a finite positive number, got {self.canonical_size}",
+                param="canonical_size",
+            )
+        if not _is_int(self.canonical_level) or self.canonical_level < 0:
+            raise UsageError(
+                f"{{canonical_level}}: expected 0 or more, got {self.canonical_level}", param="canonical_level"
+            )
         if self.max_image_pixels is not None and self.max_image_pixels <= 0:
-            raise UsageError(f"--max-image-pixels: expected a positive number, got {self.max_image_pixels}")
+            raise UsageError(
+                f"{{max_image_pixels}}: expected a positive number, got {self.max_image_pixels}",
+                param="max_image_pixels",
+            )
 
     def params(self) -> dict:
         """The op's own parameters, as recorded in the output."""
-        if self.op == "align":
-            return {"sampling_ratio": self.sampling_ratio, "aligned": self.aligned, "mode": self.mode}
-        if self.op == "precise":
-            return {"aligned": self.aligned}
-        return {}
+        return dict(self.op_params)
 
     def op_fn(self) -> Callable:
         """`fn(feature_map, rois [K, 5], spatial_scale) -> Tensor[K, C, PH, PW]`."""
-        size = self.output_size
-        if self.op == "align":
-            return lambda f, r, s: roi_align(f, r, size, s, self.sampling_ratio, self.aligned, mode=self.mode)
-        if self.op == "precise":
-            return lambda f, r, s: precise_roi_pool(f, r, size, s, self.aligned)
-        return lambda f, r, s: roi_pool(f, r, size, s)
+        return registry.get(self.op).bind(self.output_size, self.op_params)
+
+
+SPEC_OPTIONS = frozenset(f.name for f in fields(PoolSpec)) - {"op", "op_params"}
+
+
+def spec_from_options(op: str, options: Mapping) -> tuple[PoolSpec, dict]:
+    """The one place a PoolSpec is built from keywords (the API's and the commands' alike): the
+    spec, and the options it did not take (a command's own, such as `report` or `quiet`).
+
+    A keyword naming any op's parameter goes to the op (None: not given, the op's default); one the
+    chosen op does not take is refused."""
+    params = set(registry.shared_params())
+    spec, op_params, rest = {}, {}, {}
+    for name, value in options.items():
+        if name in SPEC_OPTIONS:
+            spec[name] = value
+        elif name in params:
+            op_params[name] = value
+        else:
+            rest[name] = value
+    return PoolSpec(op=op, op_params=op_params, **spec), rest
 
 
 @dataclass
@@ -133,26 +185,26 @@ class Inputs:
     device: torch.device
 
 
-def load_inputs(features: str, rois: str, spec: PoolSpec, rois_text: str | None = None) -> Inputs:
+def load_inputs(
+    features: str | Features, rois: str | RoiSet, spec: PoolSpec, rois_text: str | None = None
+) -> Inputs:
     """Read the feature map(s) and RoIs on the chosen device/dtype. `rois_text`, when given, holds
-    the RoIs themselves (`rois` then only names them in messages)."""
+    the RoIs themselves (`rois` then only names them in messages). Either input may come already
+    read (`Features`, `RoiSet`: the API's tensors and lists)."""
     if features == "-" and rois == "-" and rois_text is None:
-        raise UsageError("FEATURES and ROIS cannot both be read from stdin ('-')")
+        raise UsageError("{features} and {rois} cannot both be read from stdin ('-')", param=("features", "rois"))
     dev = resolve_device(spec.device)
     dt = resolve_dtype(spec.dtype)
-    scale = scale_option(spec.spatial_scale, spec.stride)
-    if features != "-" and is_image_path(features):
-        if spec.key:
-            raise UsageError("--key applies to safetensors feature files, not to images")
-        feats = features_from_image(
-            features, spec.backbone, spec.stride, spec.spatial_scale, dev, spec.max_image_pixels
-        )
+    if isinstance(features, Features):
+        feats = features
     else:
-        data = read_input(features, binary=True)
-        feats = features_from_safetensors(data, "stdin" if features == "-" else features, spec.key, scale)
+        feats = read_features(features, spec, dev)
     feats.levels = [t.to(device=dev, dtype=dt or t.dtype) for t in feats.levels]
-    text = rois_text if rois_text is not None else read_input(rois)
-    roi_set = read_rois(text, "stdin" if rois == "-" else rois, spec.box_format, spec.rois_format)
+    if isinstance(rois, RoiSet):
+        roi_set = rois
+    else:
+        text = rois_text if rois_text is not None else read_input(rois)
+        roi_set = read_rois(text, "stdin" if rois == "-" else rois, spec.box_format, spec.rois_format)
     n = feats.levels[0].shape[0]
     if len(roi_set) and int(roi_set.batch.max()) >= n:
         row = int((roi_set.batch >= n).nonzero()[0, 0])
@@ -163,10 +215,24 @@ def load_inputs(features: str, rois: str, spec: PoolSpec, rois_text: str | None 
     return Inputs(feats, roi_set, dev)
 
 
+def read_features(features: str, spec: PoolSpec, device: torch.device | str = "cpu") -> Features:
+    """A feature file (safetensors; `-`: its bytes on stdin) or an image run through the backbone,
+    as `spec` says (key, scale, backbone, image size limit)."""
+    scale = scale_option(spec.spatial_scale, spec.stride)
+    if features != "-" and is_image_path(features):
+        if spec.key:
+            raise UsageError("{key} applies to safetensors feature files, not to images", param="key")
+        return features_from_image(
+            features, spec.backbone, spec.stride, spec.spatial_scale, device, spec.max_image_pixels
+        )
+    data = read_input(features, binary=True)
+    return features_from_safetensors(data, "stdin" if features == "-" else features, spec.key, scale)
+
+
 @dataclass
 class PoolResult:
     tensors: dict
-    metadata: dict
+    metadata: dict  # native values (str, int, float, bool, lists); each writer encodes them
     summary: dict
     inputs: Inputs
     levels: torch.Tensor  # [K] pyramid level of each RoI (0 for one map)
@@ -176,9 +242,11 @@ class PoolResult:
     def to_bytes(self) -> bytes:
         return dumps(self.tensors, self.metadata)
 
-    def to_parts(self) -> list[memoryview]:
-        """The safetensors file as buffers to write one after another (no joined copy)."""
-        return dump_parts(self.tensors, self.metadata)
+    def encode(self, fmt: str = ".safetensors") -> list:
+        """The output file in `fmt` (see `roicli.io.writers`) as buffers to write one after another
+        (no joined copy of the tensors)."""
+        table = {"ids": self.inputs.rois.ids, "labels": self.inputs.rois.labels}
+        return encode(self.tensors, self.metadata, fmt, table)
 
     def warnings(self) -> list[str]:
         """What a user should hear about the RoIs (each message one line, without "Warning: ")."""
@@ -193,7 +261,7 @@ def rois_and_levels(inputs: Inputs, spec: PoolSpec) -> tuple[torch.Tensor, torch
     """The RoIs as the ops take them (`Tensor[K, 5]` in the compute dtype, on the device) and each
     RoI's pyramid level (`Tensor[K]`, FPN eq. 1; all 0 for a single map)."""
     feats = inputs.features
-    boxes = inputs.rois.as_tensor(compute_dtype(feats.levels[0].dtype)).to(inputs.device)
+    boxes = inputs.rois.as_tensor(geometry_dtype(feats)).to(inputs.device)
     if feats.is_pyramid:
         return boxes, fpn_levels(boxes, feats.scales, spec.canonical_size, spec.canonical_level)
     return boxes, torch.zeros(boxes.shape[0], dtype=torch.long, device=inputs.device)
@@ -205,8 +273,13 @@ def roi_geometry(inputs: Inputs, levels: torch.Tensor, output_size: tuple[int, i
     lv = levels.cpu()
     scales = torch.tensor(feats.scales, dtype=torch.float64)[lv]  # [K]
     sizes = torch.tensor([list(feats.levels[int(i)].shape[-2:]) for i in lv], dtype=torch.long).reshape(-1, 2)
-    dt = compute_dtype(feats.levels[0].dtype)
-    return pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, output_size, sizes, dt)
+    return pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, output_size, sizes, geometry_dtype(feats))
+
+
+def geometry_dtype(feats: Features) -> torch.dtype:
+    """The dtype RoIs, their pyramid levels and their quantization geometry are computed in, for
+    pooling, `--report`, `compare` and `show` alike: the ops' compute dtype for these features."""
+    return compute_dtype(feats.levels[0].dtype)
 
 
 def pool_job(
@@ -242,26 +315,26 @@ def pool_job(
     meta = {
         "op": spec.op,
         "output_size": f"{size[0]}x{size[1]}",
-        "spatial_scale": json.dumps(scale),
+        "spatial_scale": scale,
         "spatial_scale_source": feats.scale_source,
-        **{k: json.dumps(v) for k, v in spec.params().items()},
+        **spec.params(),
         "features": feats.source,
         "keys": ",".join(feats.keys),
         "rois": roi_set.source,
         "box_format": roi_set.box_format,
         "device": str(inputs.device),
         "dtype": str(pooled.dtype).replace("torch.", ""),
-        "count": str(len(roi_set)),
-        "ids": json.dumps(roi_set.ids),
+        "count": len(roi_set),
+        "ids": roi_set.ids,
         "roicli_version": roicli.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     if roi_set.labels is not None:
-        meta["labels"] = json.dumps(roi_set.labels)
+        meta["labels"] = roi_set.labels
     if feats.is_pyramid:
-        meta.update(canonical_size=json.dumps(spec.canonical_size), canonical_level=json.dumps(spec.canonical_level))
+        meta.update(canonical_size=spec.canonical_size, canonical_level=spec.canonical_level)
     if feats.image_size is not None:
-        meta["image_size"] = json.dumps(list(feats.image_size))
+        meta["image_size"] = list(feats.image_size)
     summary = {
         "op": spec.op,
         "rois": len(roi_set),
@@ -339,11 +412,20 @@ def check_pool_memory(feats: Features, k: int, spec: PoolSpec) -> None:
     output = k * per_roi
     working = min(k, spec.chunk_size) * per_roi * 3 + (64 << 20)  # chunk results, op scratch
     hint = (
-        "pool fewer RoIs per run (split the RoI file, or roicli batch --shard-rois N) or use a smaller --output-size"
+        "pool fewer RoIs per run (split the RoI file, or roicli batch {shard_rois} N) or use a smaller {output_size}"
         if output >= working
-        else "use a smaller --chunk-size or --output-size"
+        else "use a smaller {chunk_size} or {output_size}"
     )
-    check_memory(output + working, f"the output ({k} x {c} x {ph} x {pw} {str(dtype)[6:]}) plus working memory", hint)
+    need_memory(output + working, f"the output ({k} x {c} x {ph} x {pw} {str(dtype)[6:]}) plus working memory", hint)
+
+
+def need_memory(need: float, what: str, hint: str) -> None:
+    """`resources.check_memory`, with the parameters the hint names (`{chunk_size}`) marked for the CLI."""
+    try:
+        check_memory(need, what, hint)
+    except ResourceError as e:
+        marked = tuple(p for p in ("chunk_size", "output_size", "shard_rois") if "{" + p + "}" in hint)
+        raise ResourceError(e.template, param=marked) from None
 
 
 def _pool_in_chunks(spec: PoolSpec, feats: Features, boxes, levels, progress) -> torch.Tensor:

@@ -11,6 +11,7 @@ import traceback
 import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException  # typer vendors Click (>= 0.26); never import click
+from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
 from roicli.errors import RoicliError, Terminated, UsageError
@@ -22,6 +23,7 @@ def stderr() -> Console:
 
 def fail(message: str, code: int = 1, hint: str | None = None) -> typer.Exit:
     console = stderr()
+    message = " ".join(message.split())  # one line, whatever a library below put in it
     console.print(f"Error: {message}", markup=False, soft_wrap=True)
     if hint:
         console.print(f"Hint: {hint}", markup=False, soft_wrap=True)
@@ -63,7 +65,7 @@ def handle_errors(fn):
         except RoicliError as e:
             if os.environ.get("ROICLI_DEBUG") == "1":
                 traceback.print_exc()
-            raise fail(str(e), e.exit_code) from None
+            raise fail(e.worded(flag_of), e.exit_code) from None
         except BrokenPipeError:  # the reader went away (`| head`): the data is incomplete, so say so
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
@@ -90,6 +92,19 @@ def handle_errors(fn):
             ) from None
 
     return wrapper
+
+
+def flag_of(param: str) -> str:
+    """How the running command spells the API's parameter `param` in an error: its option
+    (`--chunk-size`, `-o/--output`, `--aligned/--no-aligned`) or argument (`FEATURES`), found by the
+    command's parameter of that name; else `--param-name`."""
+    ctx = get_current_context(silent=True)
+    for p in ctx.command.params if ctx is not None else ():
+        if p.name == param:
+            if p.param_type_name == "argument":
+                return p.metavar or p.name.upper()
+            return "/".join([*p.opts, *p.secondary_opts])
+    return "--" + param.replace("_", "-")
 
 
 def parse_output_size(text: str) -> tuple[int, int]:

@@ -6,6 +6,7 @@ torch, Ray, `roicli.batch` and `roicli.pipeline` are imported inside the command
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from roicli import registry
 from roicli.cli import pooling as opt
-from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
+from roicli.cli._common import handle_errors, show_progress, stderr
 from roicli.errors import UsageError
 
 
@@ -40,22 +42,13 @@ def batch(
         str | None, typer.Option("--rois", help="Without a manifest: each item's RoI file, e.g. 'rois/{stem}.json'.")
     ] = None,
     op: Annotated[
-        Literal["align", "pool", "precise"], typer.Option(help="The op, as in roicli align, pool, precise.")
+        Literal[tuple(registry.OPS)],  # type: ignore[valid-type]
+        typer.Option(help=f"The op, as in roicli {', '.join(registry.OPS)}."),
     ] = "align",
     output_size: opt.OutputSize = "7",
     spatial_scale: opt.SpatialScale = None,
     stride: opt.Stride = None,
-    sampling_ratio: Annotated[
-        int | None, typer.Option(help="align only: samples per bin axis; <= 0 is adaptive (default -1).")
-    ] = None,
-    aligned: Annotated[
-        bool | None,
-        typer.Option(
-            "--aligned/--no-aligned",
-            help="align and precise: half-pixel shift. Default: --no-aligned for align, --aligned for precise.",
-        ),
-    ] = None,
-    mode: Annotated[Literal["avg", "max"] | None, typer.Option(help="align only: avg (default) or max.")] = None,
+    # the op parameters (sampling_ratio, aligned, mode, ...) come from the registry: see _OP_PARAMS
     key: opt.Key = None,
     backbone: opt.Backbone = "builtin",
     box_format: opt.BoxFormat = None,
@@ -103,54 +96,19 @@ def batch(
     chunk_size: opt.ChunkSize = 512,
     json_out: opt.Json = False,
     quiet: opt.Quiet = False,
+    **op_params,
 ) -> None:
     """Pool the RoIs of many items in one job: parallel, resumable, bad items recorded in
     errors.jsonl, warnings in warnings.jsonl; exit code 1 when any item failed. One run at a time
     per output folder (OUTDIR/.roicli-batch.lock)."""
     if not outdir:
         raise UsageError("-o/--output: give the output folder")
-    _refuse_irrelevant(op, sampling_ratio, aligned, mode, engine, address)
-    if (manifest is None) == (features_glob is None):
-        raise UsageError("give a MANIFEST or --features (with --rois), not both")
-    if features_glob is not None and rois_template is None:
-        raise UsageError("--features needs --rois, e.g. --rois 'rois/{stem}.json'")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {outdir}: exists and is not a folder")
-    from roicli.batch import BatchConfig, run_batch  # torch: only when the command runs
-    from roicli.io.manifest import items_from_glob, read_manifest
-    from roicli.io.output import read_input
-    from roicli.pipeline import PoolSpec
+    from roicli import api
 
-    if manifest is not None:
-        base = Path.cwd() if manifest == "-" else Path(manifest).parent
-        items = read_manifest(read_input(manifest), "stdin" if manifest == "-" else manifest, base)
-    else:
-        items = items_from_glob(features_glob, rois_template)
-    if aligned is None:
-        aligned = op == "precise"
-    spec = PoolSpec(
-        op=op,
-        output_size=parse_output_size(output_size),
-        spatial_scale=spatial_scale,
-        stride=stride,
-        sampling_ratio=-1 if sampling_ratio is None else sampling_ratio,
-        aligned=aligned,
-        mode=mode or "avg",
-        key=key,
-        backbone=backbone,
-        box_format=box_format,
-        rois_format=rois_format,
-        device=device,
-        dtype=dtype,
-        canonical_size=canonical_size,
-        canonical_level=canonical_level,
-        chunk_size=chunk_size,
-    )
-    cfg = BatchConfig(
-        spec, out, shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine,
-        address=address, fsync=fsync, strict=strict,
-    )
+    options = {k: v for k, v in locals().items() if k in _API_OPTIONS}
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -170,17 +128,21 @@ def batch(
         TimeRemainingColumn(),
     ]
     with Progress(*columns, disable=not show_progress(quiet or json_out), console=stderr()) as bar:
-        task = bar.add_task("batch", total=len(items), rate="")
+        task = bar.add_task("batch", total=None, rate="")
 
         def tick(state: dict) -> None:
             elapsed = time.perf_counter() - t0
-            bar.update(task, completed=state["ok"] + state["failed"], rate=f"{state['rois'] / elapsed:,.0f} RoIs/s")
+            done, rate = state["ok"] + state["failed"], f"{state['rois'] / elapsed:,.0f} RoIs/s"
+            bar.update(task, completed=done, total=state["items"], rate=rate)
 
         def notice(text: str) -> None:
             if not quiet:
                 stderr().print(f"Notice: {text}", markup=False, soft_wrap=True)
 
-        summary = run_batch(items, cfg, tick, notice)
+        summary = api.batch(
+            manifest, outdir, features=features_glob, rois=rois_template, progress=tick, notice=notice, **options,
+            **op_params,
+        )  # fmt: skip
     seconds = time.perf_counter() - t0
     summary.update(
         seconds=round(seconds, 3),
@@ -206,16 +168,40 @@ def batch(
         raise typer.Exit(1)
 
 
-def _refuse_irrelevant(
-    op: str, sampling_ratio: int | None, aligned: bool | None, mode: str | None, engine: str, address: str | None
-) -> None:
-    """Options that do not apply to the chosen op or engine are refused, not ignored."""
-    if op in ("pool", "precise"):
-        if sampling_ratio is not None:
-            raise UsageError(f"--sampling-ratio: applies to --op align, not --op {op}")
-        if mode is not None:
-            raise UsageError(f"--mode: applies to --op align, not --op {op}")
-    if op == "pool" and aligned is not None:
-        raise UsageError("--aligned/--no-aligned: applies to --op align and precise, not --op pool (it rounds boxes)")
-    if address is not None and engine != "ray":
-        raise UsageError("--address: applies to --engine ray only")
+def _batch_help(name: str, takers: list) -> str:
+    """`batch --help` for an op parameter: which ops take it, and its default for each."""
+
+    def shown(p) -> str:
+        return ("--" if p.default else "--no-") + p.name.replace("_", "-") if p.type is bool else str(p.default)
+
+    ops = " and ".join(op.name for op, _ in takers) + (" only" if len(takers) == 1 else "")
+    defaults = {shown(p) for _, p in takers}
+    if len(defaults) == 1:
+        return f"{ops}: {takers[0][1].summary} (default {defaults.pop()})."
+    each = ", ".join(f"{shown(p)} for {op.name}" for op, p in takers)
+    return f"{ops}: {takers[0][1].summary}. Default: {each}."
+
+
+# The op parameters, from the registry (None: not given, each op's default), after --stride.
+_OP_PARAMS = [
+    inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                      annotation=opt.op_option(takers[0][1], None, help=_batch_help(name, takers)))
+    for name, takers in registry.shared_params().items()
+]  # fmt: skip
+_API_OPTIONS = ("op", "output_size", "spatial_scale", "stride", "key", "backbone", "box_format", "rois_format",
+                "device", "dtype", "canonical_size", "canonical_level", "shard_rois", "workers", "resume", "on_error",
+                "fsync", "engine", "address", "strict", "chunk_size")  # fmt: skip
+
+
+def _with_op_params(fn):
+    """`fn`'s signature (as Typer reads it) with the registry's op parameters after --stride."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = [p.name for p in params].index("stride") + 1
+    params[at:at] = _OP_PARAMS
+    fn.__signature__ = sig.replace(parameters=params)
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    return fn
+
+
+batch = _with_op_params(batch)

@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 
 import typer
 
+from roicli import registry
 from roicli.cli import pooling as opt
-from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
+from roicli.cli._common import handle_errors, show_progress, stderr
 from roicli.cli.render import FORMATS, render_text, to_json
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_output
@@ -66,6 +67,17 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
 
 
+SamplingRatio = opt.op_option(
+    registry.OPS["align"].param("sampling_ratio"), -1, help="RoI Align's samples per bin axis; <= 0 is adaptive."
+)
+Aligned = opt.op_option(
+    registry.OPS["align"].param("aligned"),
+    True,
+    help="RoI Align's half-pixel shift. Default --aligned here: the exact reference uses the same "
+    "pixel model (cell i spans [i, i+1)); --no-aligned shows the legacy half-pixel offset.",
+)
+
+
 @handle_errors
 def compare(
     features: opt.Features,
@@ -73,15 +85,8 @@ def compare(
     output_size: opt.OutputSize = "7",
     spatial_scale: opt.SpatialScale = None,
     stride: opt.Stride = None,
-    sampling_ratio: Annotated[int, typer.Option(help="RoI Align's samples per bin axis; <= 0 is adaptive.")] = -1,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned/--no-aligned",
-            help="RoI Align's half-pixel shift. Default --aligned here: the exact reference uses the same "
-            "pixel model (cell i spans [i, i+1)); --no-aligned shows the legacy half-pixel offset.",
-        ),
-    ] = True,
+    sampling_ratio: SamplingRatio = -1,
+    aligned: Aligned = True,
     key: opt.Key = None,
     backbone: opt.Backbone = "builtin",
     box_format: opt.BoxFormat = None,
@@ -105,7 +110,7 @@ def compare(
             "-o", "--output", help="Write the report to FILE (.txt, .json, .jsonl, .csv) instead of stdout."
         ),
     ] = None,
-    explain_id: Annotated[
+    explain: Annotated[
         str | None,
         typer.Option(
             "--explain", help="Walk one RoI (its id, or 'first') through both quantization steps in words (text only)."
@@ -119,81 +124,52 @@ def compare(
     """The quantization-error report: how far RoI Pool (max over rounded windows) lands from RoI Align
     and from the exact integral on your boxes, then per RoI where RoI Pool's rounded box and integer
     bins land against the exact box and what that does to the pooled values."""
-    size = parse_output_size(output_size)
-    fmt = _format(fmt, output, explain_id)
+    options = dict(locals())
+    fmt = options.pop("fmt")
+    output = options.pop("output")
+    quiet = options.pop("quiet")
+    from roicli.pipeline import parse_output_size
+
+    parse_output_size(output_size)  # the first error, as ever, before the format and the output
+    fmt = _format(fmt, output, explain)
     if output is not None:
         inputs = [features, rois, backbone if backbone != "builtin" else ""]
         check_output(output, inputs, binary=False, suffixes=tuple(SUFFIXES))
 
-    from roicli.pipeline import PoolSpec, check_boxes, load_inputs, roi_warnings, rois_and_levels
-    from roicli.report import COLUMN_DEFINITIONS, by_size, compare_chunks, explain, headline, summarize
+    from rich.progress import Progress
 
-    spec = PoolSpec(
-        output_size=size,
-        spatial_scale=spatial_scale,
-        stride=stride,
-        sampling_ratio=sampling_ratio,
-        aligned=aligned,
-        key=key,
-        backbone=backbone,
-        box_format=box_format,
-        rois_format=rois_format,
-        device=device,
-        dtype=dtype,
-        canonical_size=canonical_size,
-        canonical_level=canonical_level,
-        chunk_size=chunk_size,
-        max_image_pixels=max_image_pixels,
-    )
-    inputs = load_inputs(features, rois, spec)
-    feats, roi_set = inputs.features, inputs.rois
-    boxes, levels = rois_and_levels(inputs, spec)  # [K, 5] in the op's dtype, [K]
-    _check_memory(feats, len(roi_set) if explain_id is None else 1, size, chunk_size)
+    from roicli import api
+    from roicli.report import COLUMN_DEFINITIONS
+
     console = stderr()
-    bad, outside = check_boxes(inputs, levels, strict)
+    with Progress(disable=not show_progress(quiet) or fmt == "explain", transient=True, console=console) as bar:
+        task = bar.add_task("roicli compare", total=None)
+        report = api.compare(
+            options.pop("features"),
+            options.pop("rois"),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            **options,
+        )
     if not quiet:
-        for warning in roi_warnings(roi_set, bad, outside):
+        for warning in report.warnings:
             console.print(f"Warning: {warning}", markup=False)
-    header = {
-        "features": feats.source,
-        "output_size": f"{size[0]}x{size[1]}",
-        "spatial_scale": feats.scales if feats.is_pyramid else feats.scales[0],
-        "sampling_ratio": sampling_ratio,
-        "aligned": aligned,
-        "rois": len(roi_set),
-    }
-    run = dict(
-        features=feats, roi_set=roi_set, rois=boxes, levels=levels, output_size=size,
-        sampling_ratio=sampling_ratio, aligned=aligned, chunk_size=chunk_size,
-    )  # fmt: skip
-
+    header, rows, head = report.header, report.rows, report.headline
     if fmt == "explain":
-        i = _find(roi_set.ids, explain_id)
-        ((geometry, _, rows),) = compare_chunks(**run, indices=[i])
-        text = "\n".join(explain(geometry[0], size, rows[0])) + "\n"
-        what = f"explanation of RoI {roi_set.ids[i]!r}"
+        text = "\n".join(report.explanation) + "\n"
+        what = f"explanation of RoI {rows[0]['id']!r}"
     else:
-        from rich.progress import Progress
-
-        rows: list[dict] = []
-        if not roi_set.ids and not quiet:
-            console.print(f"Notice: {roi_set.source} holds no RoIs; the report is empty", markup=False)
-        with Progress(disable=not show_progress(quiet), transient=True, console=console) as bar:
-            task = bar.add_task("roicli compare", total=len(roi_set))
-            for _, _, chunk in compare_chunks(**run):
-                rows += chunk
-                bar.update(task, completed=len(rows))
-        head = headline(rows, sampling_ratio, aligned)
+        if not rows and not quiet:
+            console.print(f"Notice: {report.source} holds no RoIs; the report is empty", markup=False)
         if fmt == "table":
-            text = _table(rows, header, head["text"], summarize(rows), by_size(rows), COLUMN_DEFINITIONS, output)
+            text = _table(rows, header, head["text"], report.summary(), report.by_size(), COLUMN_DEFINITIONS, output)
         elif fmt == "json":
             doc = {
                 **header,
                 "headline": head,
                 "rows": rows,
                 "definitions": COLUMN_DEFINITIONS,
-                "summary": summarize(rows),
-                "by_box_size": by_size(rows),
+                "summary": report.summary(),
+                "by_box_size": report.by_size(),
             }
             text = to_json(doc) + "\n"
         else:
@@ -201,7 +177,7 @@ def compare(
         what = fmt
     write_output("-" if output is None else output, text.encode())  # stdout too: every byte or an error
     if output is not None and not quiet:
-        console.print(f"compare: {len(roi_set)} RoIs -> {output} ({what})", markup=False)
+        console.print(f"compare: {header['rois']} RoIs -> {output} ({what})", markup=False)
 
 
 def _format(fmt: str | None, output: str | None, explain_id: str | None) -> str:
@@ -220,32 +196,6 @@ def _format(fmt: str | None, output: str | None, explain_id: str | None) -> str:
             raise UsageError(f"--explain: writes text; expected the table format or a .txt file, got {how}")
         return "explain"
     return fmt or implied or "table"
-
-
-def _check_memory(feats, k: int, size: tuple[int, int], chunk_size: int) -> None:
-    """Refuse, before it starts, a report that cannot fit: a chunk's five pooled results and their
-    float64 differences, plus about 4 KB per RoI for its row."""
-    from roicli.resources import check_memory
-
-    c, item = feats.levels[0].shape[1], feats.levels[0].element_size()
-    per_roi = c * size[0] * size[1]
-    working = min(k, chunk_size) * per_roi * (5 * item + 3 * 8) + (64 << 20)
-    check_memory(
-        working + 4096 * k,
-        f"compare of {k} RoIs ({chunk_size} at a time, {c} x {size[0]} x {size[1]} each)",
-        "use a smaller --chunk-size or --output-size, or fewer RoIs per run",
-    )
-
-
-def _find(ids: list, wanted: str) -> int:
-    if not ids:
-        raise UsageError("--explain: there are no RoIs to explain")
-    if wanted == "first":
-        return 0
-    for i, v in enumerate(ids):
-        if str(v) == wanted:
-            return i
-    raise UsageError(f"--explain: no RoI with id {wanted!r}; ids: {', '.join(map(str, ids[:10]))}")
 
 
 def _width(output: str | None) -> int | None:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import typer
 
-from roicli.cli._common import handle_errors, parse_output_size, show_progress, stderr
+from roicli import registry
+from roicli.cli._common import handle_errors, show_progress, stderr
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_outputs
+from roicli.io.writers import SUFFIXES as WRITER_SUFFIXES
+from roicli.io.writers import format_of
 
-if TYPE_CHECKING:  # torch is imported inside the commands, so that `--help` stays fast
-    from roicli.pipeline import PoolSpec
-
-OUTPUT_SUFFIXES = (".safetensors",)
+OUTPUT_SUFFIXES = WRITER_SUFFIXES
 REPORT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
 
 # Options shared by the three commands (declared once).
@@ -27,7 +28,13 @@ Features = Annotated[
 ]
 Rois = Annotated[str, typer.Argument(metavar="ROIS", help="RoIs: JSON, JSON Lines or CSV file, or - for stdin.")]
 Output = Annotated[
-    str, typer.Option("-o", "--output", help="Output .safetensors file, or - for stdout (not a terminal).")
+    str,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Output file: .safetensors, .npz, .pt or .parquet (by extension), or - for safetensors on stdout "
+        "(not a terminal).",
+    ),
 ]
 OutputSize = Annotated[str, typer.Option(help="Bins per RoI: 7 or PHxPW such as 7x5.")]
 SpatialScale = Annotated[
@@ -44,7 +51,7 @@ Backbone = Annotated[
     str, typer.Option(help="For image inputs: 'builtin' (fixed filter bank, stride 8) or a TorchScript file.")
 ]
 BoxFormat = Annotated[
-    Literal["xyxy", "xywh", "cxcywh"] | None,
+    Literal[registry.BOX_FORMATS] | None,  # type: ignore[valid-type]
     typer.Option(help="xyxy (default), xywh (COCO) or cxcywh. CSV headers x,y,w,h / cx,cy,w,h imply it."),
 ]
 RoisFormat = Annotated[
@@ -56,9 +63,6 @@ Device = Annotated[
 Dtype = Annotated[
     Literal["float32", "float64", "float16", "bfloat16"] | None,
     typer.Option(help="Compute dtype. Default: the features'."),
-]
-Mode = Annotated[
-    Literal["avg", "max"], typer.Option(help="avg (torchvision) or max (mmcv's max of the bilinear samples).")
 ]
 MaxImagePixels = Annotated[
     int | None,
@@ -80,119 +84,64 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, sum
 
 
 def register(app: typer.Typer) -> None:
-    app.command("align")(align)
-    app.command("pool")(pool)
-    app.command("precise")(precise)
+    for op in registry.OPS.values():
+        app.command(op.name)(command(op))
 
 
-@handle_errors
-def align(
-    features: Features,
-    rois: Rois,
-    output: Output,
-    output_size: OutputSize = "7",
-    spatial_scale: SpatialScale = None,
-    stride: Stride = None,
-    sampling_ratio: Annotated[
-        int, typer.Option(help="Samples per bin axis; <= 0 is adaptive, ceil(roi_size / bins).")
-    ] = -1,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned/--no-aligned",
-            help="Half-pixel shift (Detectron2's aligned=True). Default --no-aligned, like torchvision's roi_align; "
-            "Detectron2 uses --aligned.",
-        ),
-    ] = False,
-    mode: Mode = "avg",
-    key: Key = None,
-    backbone: Backbone = "builtin",
-    box_format: BoxFormat = None,
-    rois_format: RoisFormat = "auto",
-    device: Device = "auto",
-    dtype: Dtype = None,
-    canonical_size: CanonicalSize = 224,
-    canonical_level: CanonicalLevel = 4,
-    report: Report = None,
-    strict: Strict = False,
-    chunk_size: ChunkSize = 512,
-    max_image_pixels: MaxImagePixels = None,
-    json_out: Json = False,
-    quiet: Quiet = False,
-) -> None:
-    """RoI Align: bilinear samples averaged (or maxed) per bin; no rounding. Same numbers as
-    torchvision.ops.roi_align."""
-    opts = dict(locals())
-    _run(_spec("align", opts, sampling_ratio=sampling_ratio, aligned=aligned, mode=mode), **opts)
+def _param(name: str, annotation, default=inspect.Parameter.empty) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-@handle_errors
-def pool(
-    features: Features,
-    rois: Rois,
-    output: Output,
-    output_size: OutputSize = "7",
-    spatial_scale: SpatialScale = None,
-    stride: Stride = None,
-    key: Key = None,
-    backbone: Backbone = "builtin",
-    box_format: BoxFormat = None,
-    rois_format: RoisFormat = "auto",
-    device: Device = "auto",
-    dtype: Dtype = None,
-    canonical_size: CanonicalSize = 224,
-    canonical_level: CanonicalLevel = 4,
-    report: Report = None,
-    strict: Strict = False,
-    chunk_size: ChunkSize = 512,
-    max_image_pixels: MaxImagePixels = None,
-    json_out: Json = False,
-    quiet: Quiet = False,
-) -> None:
-    """RoI Pool (Fast R-CNN): box rounded to the grid, integer bins, max per bin. Same numbers as
-    torchvision.ops.roi_pool."""
-    opts = dict(locals())
-    _run(_spec("pool", opts), **opts)
+def op_option(p: registry.Param, default=None, help: str | None = None):
+    """The Typer annotation of an op parameter (from its registry entry): `--aligned/--no-aligned`
+    for a flag, the choices for a fixed set, else its type."""
+    flag = "--" + p.name.replace("_", "-")
+    text = p.help if help is None else help
+    if p.type is bool:
+        return Annotated[bool | None if default is None else bool, typer.Option(f"{flag}/--no-{flag[2:]}", help=text)]
+    kind = Literal[p.choices] if p.choices else p.type  # type: ignore[valid-type]
+    return Annotated[kind | None if default is None else kind, typer.Option(help=text)]
 
 
-@handle_errors
-def precise(
-    features: Features,
-    rois: Rois,
-    output: Output,
-    output_size: OutputSize = "7",
-    spatial_scale: SpatialScale = None,
-    stride: Stride = None,
-    aligned: Annotated[
-        bool, typer.Option("--aligned/--no-aligned", help="Half-pixel shift; default --aligned.")
-    ] = True,
-    key: Key = None,
-    backbone: Backbone = "builtin",
-    box_format: BoxFormat = None,
-    rois_format: RoisFormat = "auto",
-    device: Device = "auto",
-    dtype: Dtype = None,
-    canonical_size: CanonicalSize = 224,
-    canonical_level: CanonicalLevel = 4,
-    report: Report = None,
-    strict: Strict = False,
-    chunk_size: ChunkSize = 512,
-    max_image_pixels: MaxImagePixels = None,
-    json_out: Json = False,
-    quiet: Quiet = False,
-) -> None:
-    """Precise RoI Pooling: the exact mean of the bilinearly interpolated map over each bin
-    (no sampling, no rounding) — the ground truth the quantization report uses."""
-    opts = dict(locals())
-    _run(_spec("precise", opts, aligned=aligned), **opts)
+# The options every pooling command takes, around the op's own parameters (which the registry gives).
+_HEAD = (("features", Features), ("rois", Rois), ("output", Output), ("output_size", OutputSize, "7"),
+         ("spatial_scale", SpatialScale, None), ("stride", Stride, None))  # fmt: skip
+_TAIL = (
+    ("key", Key, None), ("backbone", Backbone, "builtin"), ("box_format", BoxFormat, None),
+    ("rois_format", RoisFormat, "auto"), ("device", Device, "auto"), ("dtype", Dtype, None),
+    ("canonical_size", CanonicalSize, 224), ("canonical_level", CanonicalLevel, 4), ("report", Report, None),
+    ("strict", Strict, False), ("chunk_size", ChunkSize, 512), ("max_image_pixels", MaxImagePixels, None),
+    ("json_out", Json, False), ("quiet", Quiet, False),
+)  # fmt: skip
 
 
-def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, quiet, **_) -> None:
+def command(op: registry.Op):
+    """`roicli OP`: the common options and the op's own parameters (from the registry), run by `_run`."""
+
+    def run(**opts) -> None:
+        _run(op.name, opts)
+
+    params = [_param(*spec) for spec in _HEAD]
+    params += [_param(p.name, op_option(p, p.default), p.default) for p in op.params]
+    params += [_param(*spec) for spec in _TAIL]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__name__ = run.__qualname__ = op.name
+    run.__doc__ = op.doc
+    return handle_errors(run)
+
+
+def _run(op: str, opts: dict) -> None:
     """The recipe every pooling command follows."""
     from rich.progress import Progress
 
+    from roicli import api
     from roicli.cli.render import format_for_path, render_text
-    from roicli.pipeline import pool_job
+    from roicli.pipeline import spec_from_options
+
+    spec, rest = spec_from_options(op, opts)
+    features, rois, output, report = rest["features"], rest["rois"], rest["output"], rest["report"]
+    strict, json_out, quiet = rest["strict"], rest["json_out"], rest["quiet"]
 
     if json_out and output == "-":
         raise UsageError("--json prints the summary on stdout, which -o - already uses for data")
@@ -200,6 +149,7 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
         raise UsageError("--report -: stdout already carries " + ("the data (-o -)" if output == "-" else "--json"))
     inputs = [features, rois, spec.backbone if spec.backbone != "builtin" else ""]
     check_output(output, inputs, suffixes=OUTPUT_SUFFIXES)
+    fmt = format_of(output)
     if report:
         check_output(report, [*inputs, output], binary=False, suffixes=REPORT_SUFFIXES)
         if report != "-" and output != "-" and Path(report).resolve() == Path(output).resolve():
@@ -207,7 +157,7 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
     console = stderr()
     with Progress(disable=not show_progress(quiet or json_out), transient=True, console=console) as bar:
         task = bar.add_task(f"roicli {spec.op}", total=None)
-        result = pool_job(
+        result = api.pool(
             features,
             rois,
             spec,
@@ -220,7 +170,7 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
             console.print(f"Warning: {message}", markup=False)
     if len(roi_set) == 0 and not quiet:
         console.print(f"Notice: {roi_set.source} holds no RoIs; writing an empty result", markup=False)
-    outputs = [(output, result.to_parts())]
+    outputs = [(output, result.encode(fmt))]
     if report:
         text = render_text(
             result.geometry_rows(spec),
@@ -240,25 +190,3 @@ def _run(spec: PoolSpec, *, features, rois, output, report, strict, json_out, qu
             markup=False,
             soft_wrap=True,
         )
-
-
-def _spec(op: str, opts: dict, **params) -> PoolSpec:
-    from roicli.pipeline import PoolSpec
-
-    return PoolSpec(
-        op=op,
-        output_size=parse_output_size(opts["output_size"]),
-        spatial_scale=opts["spatial_scale"],
-        stride=opts["stride"],
-        key=opts["key"],
-        backbone=opts["backbone"],
-        box_format=opts["box_format"],
-        rois_format=opts["rois_format"],
-        device=opts["device"],
-        dtype=opts["dtype"],
-        canonical_size=opts["canonical_size"],
-        canonical_level=opts["canonical_level"],
-        chunk_size=opts["chunk_size"],
-        max_image_pixels=opts["max_image_pixels"],
-        **params,
-    )

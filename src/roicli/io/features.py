@@ -94,8 +94,9 @@ def features_from_safetensors(
         keys = sorted(maps, key=lambda k: int(_LEVEL_KEY.match(k).group(1)))
     else:
         raise UsageError(
-            f"{source}: holds several feature maps ({', '.join(maps)}); choose one with --key "
-            "(or several, comma-separated, finest first, for a pyramid)"
+            f"{source}: holds several feature maps ({', '.join(maps)}); choose one with {{key}} "
+            "(or several, comma-separated, finest first, for a pyramid)",
+            param="key",
         )
     levels = [_as_nchw(tensors[k], source, k) for k in keys]
     for k, t in zip(keys[1:], levels[1:]):
@@ -107,7 +108,8 @@ def features_from_safetensors(
     if spatial_scale is not None:
         if len(keys) > 1:
             raise UsageError(
-                "--spatial-scale/--stride apply to one feature map; a pyramid's scales come from its metadata"
+                "{spatial_scale}/{stride} apply to one feature map; a pyramid's scales come from its metadata",
+                param=("spatial_scale", "stride"),
             )
         scales, origin = [spatial_scale], "option"
     else:
@@ -176,8 +178,9 @@ def features_from_image(
 
     if backbone == "builtin" and (stride is not None or spatial_scale is not None):
         raise UsageError(
-            "--stride/--spatial-scale: the built-in backbone's stride is fixed at 8; "
-            "they apply to --backbone FILE or to feature files"
+            "{stride}/{spatial_scale}: the built-in backbone's stride is fixed at 8; "
+            "they apply to {backbone} FILE or to feature files",
+            param=("stride", "spatial_scale", "backbone"),
         )
     w, h = image_size(path, max_pixels)
     per_pixel = DECODE_BYTES_PER_PIXEL + (FilterBankBackbone.bytes_per_pixel if backbone == "builtin" else 0)
@@ -191,11 +194,11 @@ def features_from_image(
         net, origin = FilterBankBackbone().to(device), "builtin backbone"
     else:
         if not Path(backbone).is_file():
-            raise InputError(f"{backbone}: no such file (--backbone)")
+            raise InputError(f"{backbone}: no such file ({{backbone}})", param="backbone")
         try:
             net = torch.jit.load(backbone, map_location=device)
         except Exception as e:
-            raise InputError(f"{backbone}: not a TorchScript module (--backbone): {e}") from None
+            raise InputError(f"{backbone}: not a TorchScript module ({{backbone}}): {e}", param="backbone") from None
         origin = "option"
     with torch.no_grad():
         try:

@@ -114,7 +114,7 @@ def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
     """`--features 'feats/*.safetensors' --rois 'rois/{stem}.json'` ({stem}, {name}, {parent})."""
     paths = sorted(glob.glob(features_glob, recursive=True))
     if not paths:
-        raise UsageError(f"--features: no file matches {features_glob!r}")
+        raise UsageError(f"{{features}}: no file matches {features_glob!r}", param="features")
     items = []
     for i, f in enumerate(paths):
         p = Path(f)
@@ -122,7 +122,8 @@ def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
             rois = rois_template.format(stem=p.stem, name=p.name, parent=str(p.parent))
         except (KeyError, IndexError) as e:
             raise UsageError(
-                f"--rois: unknown placeholder {e} in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}"
+                f"{{rois}}: unknown placeholder {e} in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}",
+                param="rois",
             ) from None
         items.append(Item(i, os.path.abspath(f), os.path.abspath(rois), None, p.stem + ".safetensors", {}))
     _check_unique(items, features_glob)

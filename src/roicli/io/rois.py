@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from roicli.errors import InputError, UsageError
+from roicli.registry import BOX_FORMATS
 
-BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 ROIS_FORMATS = ("auto", "json", "jsonl", "csv")
 
 # CSV column groups: the four coordinate columns and the box format their names imply.
@@ -82,9 +82,13 @@ def read_rois(text: str, source: str, box_format: str | None = None, rois_format
     box_format_given = box_format is not None
     box_format = box_format or "xyxy"
     if box_format not in BOX_FORMATS:
-        raise UsageError(f"--box-format: expected one of {', '.join(BOX_FORMATS)}, got {box_format!r}")
+        raise UsageError(
+            f"{{box_format}}: expected one of {', '.join(BOX_FORMATS)}, got {box_format!r}", param="box_format"
+        )
     if rois_format not in ROIS_FORMATS:
-        raise UsageError(f"--rois-format: expected one of {', '.join(ROIS_FORMATS)}, got {rois_format!r}")
+        raise UsageError(
+            f"{{rois_format}}: expected one of {', '.join(ROIS_FORMATS)}, got {rois_format!r}", param="rois_format"
+        )
     if not text.strip():
         raise InputError(f"{source}: no RoIs: the input is empty (an explicit empty list, [], means no RoIs)")
     fmt = rois_format if rois_format != "auto" else _sniff(text, source)
@@ -92,8 +96,9 @@ def read_rois(text: str, source: str, box_format: str | None = None, rois_format
         records, implied = _read_csv(text, source)
         if implied and box_format_given and implied != box_format:
             raise InputError(
-                f"{source}: the CSV header names {implied} columns, but --box-format is {box_format}; "
-                "drop --box-format or rename the columns"
+                f"{source}: the CSV header names {implied} columns, but {{box_format}} is {box_format}; "
+                "drop {box_format} or rename the columns",
+                param="box_format",
             )
         if implied:
             box_format = implied

@@ -201,7 +201,8 @@ def test_any_layout_gives_the_same_bits(layout, c):
 
 
 def test_thread_count_does_not_change_a_bit():
-    x, rois = _problem(13, n=3, c=21, k=40, dtype=torch.float32)
+    # big enough (> 2^20 elements moved) for the kernels to use more than one thread
+    x, rois = _problem(13, n=3, c=61, h=70, w=90, k=120, dtype=torch.float32)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

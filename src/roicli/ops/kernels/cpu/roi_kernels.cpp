@@ -94,11 +94,17 @@ inline void transpose8(vfloat r[8]) {
 // ------------------------------------------------------------------------------------------------
 // work distribution and scratch
 // ------------------------------------------------------------------------------------------------
+// A call that moves fewer elements than this (output + input, about a millisecond of work) runs on
+// the calling thread alone: on a busy machine, waking a second thread for it can cost more than the
+// work (its core may be taken for a whole time slice, and the region ends only when it has run).
+constexpr int64_t kSerialWork = int64_t(1) << 20;
+
 template <typename F>
-void run_items(int64_t n_items, const F& f) {
+void run_items(int64_t n_items, int64_t work, const F& f) {
   if (n_items <= 0) return;
   std::atomic<int64_t> next{0};
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
+  const int64_t threads =
+      work < kSerialWork ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_items));
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) f(i);
   });
@@ -264,9 +270,9 @@ struct Items {
 
 // Runs f(n, c0, cn, first, last) over the forward's items: RoIs order[first..last) of image n.
 template <typename T, typename F>
-void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, const F& f) {
+void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, int64_t work, const F& f) {
   Items items(by, n, c);
-  run_items(items.count(), [&](int64_t i) {
+  run_items(items.count(), work, [&](int64_t i) {
     const int64_t chunk = i % items.chunks;
     const int64_t block = i / items.chunks % items.blocks;
     const int64_t img = items.images[i / items.chunks / items.blocks];
@@ -279,9 +285,9 @@ void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, const F& 
 
 // Runs f(n, c0, cn) over every (image, channel block): the backward's items.
 template <typename F>
-void for_each_block(int64_t n, int64_t c, const F& f) {
+void for_each_block(int64_t n, int64_t c, int64_t work, const F& f) {
   const int64_t blocks = (c + CB - 1) / CB;
-  run_items(n * blocks, [&](int64_t i) {
+  run_items(n * blocks, work, [&](int64_t i) {
     const int64_t block = i % blocks;
     f(i / blocks, block * CB, std::min(CB, c - block * CB));
   });
@@ -432,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   const int64_t bins = ph * pw;
   using V = Vec<A>;
   using M = Mask<A>;
-  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
@@ -545,7 +551,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
   using V = Vec<A>;
-  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sacc;
@@ -669,7 +675,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
   using M = Mask<A>;
   using L = typename Lane<M>::type;
   constexpr L kNone = std::numeric_limits<int32_t>::max();  // "no argmax yet": loses every tie
-  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
@@ -757,7 +763,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
   const int64_t* am = argmax.data_ptr<int64_t>();
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
-  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     if constexpr (std::is_same_v<S, A>) {  // float32/float64: sum straight into grad_input's planes
       S* planes = out + (img * c + c0) * h * w;
       std::fill(planes, planes + cn * h * w, S(0));
@@ -873,7 +879,7 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
   S* o = out.data_ptr<S>();
   const int64_t bins = ph * pw;
   using V = Vec<A>;
-  for_each_forward_item(by, n, c, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
@@ -924,7 +930,7 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
   using V = Vec<A>;
-  for_each_block(n, c, [&](int64_t img, int64_t c0, int64_t cn) {
+  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sacc;

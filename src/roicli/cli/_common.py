@@ -1,10 +1,9 @@
-"""What the commands share: error handling, the stderr console, option parsing."""
+"""What the commands share: error handling (and how an API parameter is spelled as a flag), the stderr console."""
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 import traceback
 
@@ -14,7 +13,7 @@ from typer._click.exceptions import ClickException  # typer vendors Click (>= 0.
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from roicli.errors import RoicliError, Terminated, UsageError
+from roicli.errors import RoicliError, Terminated
 
 
 def stderr() -> Console:
@@ -105,15 +104,6 @@ def flag_of(param: str) -> str:
                 return p.metavar or p.name.upper()
             return "/".join([*p.opts, *p.secondary_opts])
     return "--" + param.replace("_", "-")
-
-
-def parse_output_size(text: str) -> tuple[int, int]:
-    """`7` -> (7, 7); `7x5` -> (7, 5)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+)\s*)?", text)
-    if not m or int(m.group(1)) <= 0 or (m.group(2) is not None and int(m.group(2)) <= 0):
-        raise UsageError(f"--output-size: expected a positive size like 7 or 7x5, got {text!r}")
-    ph = int(m.group(1))
-    return ph, int(m.group(2)) if m.group(2) else ph
 
 
 def show_progress(quiet: bool) -> bool:

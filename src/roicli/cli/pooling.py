@@ -1,4 +1,7 @@
-"""`roicli align`, `roicli pool` and `roicli precise`: feature maps + RoIs in, pooled safetensors out."""
+"""`roicli align`, `roicli pool`, `roicli precise`: feature maps + RoIs in, pooled tensors out.
+
+One command per op in the registry (`roicli.registry.OPS`), made by `command`: the options every
+pooling command shares (declared once, below) around the op's own parameters."""
 
 from __future__ import annotations
 

@@ -198,6 +198,8 @@ def test_batch_equals_the_command(tmp_path):
          "ids: no RoI with id 'nope'; ids: car, person, sign, bike, dog",
          ["show", FEATS, ROIS, "-o", "x.png", "--roi", "nope"],
          "--roi: no RoI with id 'nope'; ids: car, person, sign, bike, dog"),
+        (lambda: roicli.batch("m.csv"), "outdir", "outdir: give the output folder", ["batch", "m.csv"],
+         "-o/--output: give the output folder"),
         (lambda: roicli.batch(None, "out"), "manifest",
          "give a manifest or features (with rois), not both",
          ["batch", "-o", "out"], "give a MANIFEST or --features (with --rois), not both"),

@@ -389,7 +389,7 @@ def _choose(ids: list, wanted: list | None) -> list[int]:
 
 def batch(
     manifest: str | None = None,
-    outdir: str | Path = "",
+    outdir: str | Path | None = None,
     *,
     features: str | None = None,
     rois: str | None = None,
@@ -414,6 +414,8 @@ def batch(
     from roicli.io.manifest import items_from_glob, read_manifest
     from roicli.io.output import read_input
 
+    if not outdir:
+        raise UsageError("{outdir}: give the output folder", param="outdir")
     s = spec(op, **options)
     cfg = BatchConfig(
         s, Path(outdir), shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine,

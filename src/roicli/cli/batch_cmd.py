@@ -101,10 +101,8 @@ def batch(
     """Pool the RoIs of many items in one job: parallel, resumable, bad items recorded in
     errors.jsonl, warnings in warnings.jsonl; exit code 1 when any item failed. One run at a time
     per output folder (OUTDIR/.roicli-batch.lock)."""
-    if not outdir:
-        raise UsageError("-o/--output: give the output folder")
     out = Path(outdir)
-    if out.exists() and not out.is_dir():
+    if outdir and out.exists() and not out.is_dir():
         raise UsageError(f"-o {outdir}: exists and is not a folder")
     from roicli import api
 

@@ -220,6 +220,9 @@ def test_unknown_api_parameter_is_refused_by_name():
     with pytest.raises(UsageError) as e:
         roicli.pool(FEATS, ROIS, sampling_rate=2)
     assert e.value.param == "sampling_rate" and str(e.value).startswith("sampling_rate: not a parameter; expected")
+    with pytest.raises(UsageError) as e:
+        roicli.compare(FEATS, ROIS, mode="max")  # compare shows RoI Align's geometry; its mode is not one
+    assert str(e.value) == "mode: does not apply here (RoI Align's geometry only)"
 
 
 def test_no_library_error_is_worded_as_a_flag():

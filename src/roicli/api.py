@@ -60,6 +60,15 @@ def spec(op: str = "align", **options) -> PoolSpec:
     return s
 
 
+def _picture_spec(options: dict, **align) -> PoolSpec:
+    """compare's and show's spec: RoI Align's geometry (`sampling_ratio`, `aligned`) against RoI
+    Pool's and the exact bins; other op parameters do not apply to them and are refused."""
+    other = [name for name in registry.shared_params() if name in options and name not in align]
+    if other:
+        raise UsageError(f"{{{other[0]}}}: does not apply here (RoI Align's geometry only)", param=other[0])
+    return spec("align", **align, **options)
+
+
 def _refuse_unknown(rest: Mapping) -> None:
     if rest:
         name = next(iter(rest))
@@ -221,7 +230,7 @@ def compare(
     from roicli.report import compare_chunks, headline
     from roicli.report import explain as explain_lines
 
-    s = spec("align", output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned, **options)
+    s = _picture_spec(options, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned)
     inputs = _load(features, rois, s)
     feats, roi_set = inputs.features, inputs.rois
     boxes, levels = rois_and_levels(inputs, s)  # [K, 5] in the op's dtype, [K]
@@ -313,7 +322,7 @@ def show(
 
     if not isinstance(max_size, int) or not 64 <= max_size <= 4096:
         raise UsageError(f"{{max_size}}: expected 64..4096, got {max_size}", param="max_size")
-    s = spec("align", output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned, **options)
+    s = _picture_spec(options, output_size=output_size, sampling_ratio=sampling_ratio, aligned=aligned)
     inputs = _load(features, rois, s)
     feats, roi_set = inputs.features, inputs.rois
     if len(roi_set) == 0:

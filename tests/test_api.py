@@ -62,7 +62,7 @@ def test_import_roicli_stays_light_and_batch_is_callable_after_its_module_loads(
     code = (
         "import sys, roicli\n"
         "light = 'torch' not in sys.modules\n"
-        "import roicli.batch\n"
+        "import roicli.jobs\n"
         "print(light, callable(roicli.batch), callable(roicli.pool), sorted(roicli.__all__))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

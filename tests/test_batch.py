@@ -285,7 +285,7 @@ def test_same_bytes_whether_paths_are_relative_or_absolute(job, monkeypatch):
 
 def test_lock_refuses_a_second_run_and_takes_over_a_dead_one(job, monkeypatch):
     """Issue 9 item 17: one run at a time per OUTDIR; a stale lock from a dead process is taken over."""
-    from roicli.batch import LOCK_NAME, OutdirLock
+    from roicli.jobs import LOCK_NAME, OutdirLock
 
     d = job["dir"]
     monkeypatch.chdir(d)
@@ -498,7 +498,7 @@ def test_inverted_boxes_warn_per_item_and_strict_fails_them(tmp_path, monkeypatc
 
 def test_workers_never_oversubscribe_the_cores(job, monkeypatch):
     """Issue 9 item 22: workers x torch threads = cores, whatever --workers says; 0 is auto."""
-    from roicli.batch import plan_workers, usable_cores
+    from roicli.jobs import plan_workers, usable_cores
 
     for cores in (1, 2, 3, 8, 64):
         for requested in (0, 1, 2, 3, 16):
@@ -551,8 +551,8 @@ def test_unreachable_ray_address_is_one_line_and_quick(tmp_path, monkeypatch):
 def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
     """Issue 9 item 22: shards are written from the items' tensors (no joined copy in memory), and
     the bytes are exactly those of the joined tensors."""
-    from roicli.batch import shard_tensors
     from roicli.io.safetensors_io import dump_parts, dumps
+    from roicli.jobs import shard_tensors
 
     gen = torch.Generator().manual_seed(1)
     for dtype in (torch.float32, torch.float16):

@@ -419,9 +419,9 @@ def batch(
     `features` (a glob) with `rois` (a template such as `rois/{stem}.json`). Writes one output per
     item (or shards of about `shard_rois` RoIs) under `outdir`; returns the summary. Op parameters
     the chosen op does not take are refused (`sampling_ratio=2` with `op="pool"`)."""
-    from roicli.batch import BatchConfig, run_batch
     from roicli.io.manifest import items_from_glob, read_manifest
     from roicli.io.output import read_input
+    from roicli.jobs import BatchConfig, run_batch
 
     if not outdir:
         raise UsageError("{outdir}: give the output folder", param="outdir")

@@ -1,6 +1,6 @@
 """`roicli batch`: one job over many feature files and their RoIs.
 
-torch, Ray, `roicli.batch` and `roicli.pipeline` are imported inside the command, so that
+torch, Ray, `roicli.jobs` and `roicli.pipeline` are imported inside the command, so that
 `roicli --help` and `roicli batch --help` stay fast.
 """
 

@@ -934,16 +934,3 @@ def _run_locked(items: list[Item], cfg: BatchConfig, outdir: Path, progress) -> 
         "workers": workers if cfg.engine == "local" else None,
         "threads_per_worker": threads if cfg.engine == "local" else None,
     }
-
-
-class _CallableModule(type(sys)):
-    """`roicli.batch` is both this module and the API's `roicli.batch(...)`: importing the module
-    sets the package's attribute to it, so the module itself calls `roicli.api.batch`."""
-
-    def __call__(self, *args, **kwargs) -> dict:
-        from roicli.api import batch
-
-        return batch(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -212,3 +212,25 @@ def test_selection(monkeypatch):
     with kernels.use("torch") as module:
         assert kernels.forced() == "torch" and kernels.kernel_for(torch.device("meta")) is module
     assert kernels.forced() is None
+
+
+def test_kernels_command_reports_the_choice(monkeypatch):
+    """Issue 11 item 2: `roicli kernels` builds ahead of time and says which implementation serves the
+    ops on each device; a forced implementation shows as such."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from roicli.cli import app
+
+    result = CliRunner().invoke(app, ["kernels", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    rows = {r["implementation"]: r for r in doc["implementations"]}
+    assert set(rows) == set(kernels.IMPLEMENTATIONS) and rows["torch"]["available"] is True
+    cpu = next(r for r in doc["devices"] if r["device"] == "cpu")
+    want = "cpp" if rows["cpp"]["available"] else "torch"
+    assert cpu["implementation"] == want and doc["forced"] is None
+    monkeypatch.setenv("ROICLI_KERNEL", "torch")
+    doc = json.loads(CliRunner().invoke(app, ["kernels", "--json"]).stdout)
+    assert doc["forced"] == "torch" and doc["devices"][0]["implementation"] == "torch"

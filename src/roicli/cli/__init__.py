@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 import roicli
-from roicli.cli import batch_cmd, compare_cmd, inspect_cmd, pooling, show_cmd
+from roicli.cli import batch_cmd, compare_cmd, inspect_cmd, kernels_cmd, pooling, show_cmd
 from roicli.cli._common import OneLineErrors
 from roicli.errors import Terminated
 
@@ -53,6 +53,7 @@ inspect_cmd.register(app)
 compare_cmd.register(app)
 show_cmd.register(app)
 batch_cmd.register(app)
+kernels_cmd.register(app)
 
 
 def _terminate(signum, frame) -> None:

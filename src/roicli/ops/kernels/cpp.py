@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def _build(directory: Path) -> None:
     if not cpp_extension.is_ninja_available():
         raise KernelUnavailable("C++ kernels: expected ninja (pip install ninja), got none")
     directory.mkdir(parents=True, exist_ok=True)
+    if sys.stderr is not None and sys.stderr.isatty():  # pipes and logs stay clean; a person waiting is told
+        sys.stderr.write("roicli: building the C++ kernels for this torch (once; about 20 s)...\n")
     try:
         cpp_extension.load(
             name=_NAME,

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from roicli.cli import app
 from roicli.figure import EXACT, GRID, QUANTIZED, SAMPLES, draw
 from roicli.ops import precise_roi_pool, roi_align
-from roicli.ops.roi_pool import window_avg_pool
+from roicli.report import window_avg_pool
 
 DATA = Path(__file__).resolve().parents[1] / "samples"
 VGG = DATA / "vgg16_800.safetensors"  # [1, 8, 25, 25], stride 32, 800x800 image

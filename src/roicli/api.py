@@ -140,7 +140,7 @@ def load_rois(source: RoisLike, *, box_format: str | None = None, rois_format: s
     if isinstance(source, RoiSet):
         return source
     if isinstance(source, (str, Path)):
-        from roicli.io.output import read_input
+        from roicli.io.inputs import read_input
 
         name = str(source)
         return read_rois(read_input(name), "stdin" if name == "-" else name, box_format, rois_format)
@@ -419,8 +419,8 @@ def batch(
     `features` (a glob) with `rois` (a template such as `rois/{stem}.json`). Writes one output per
     item (or shards of about `shard_rois` RoIs) under `outdir`; returns the summary. Op parameters
     the chosen op does not take are refused (`sampling_ratio=2` with `op="pool"`)."""
+    from roicli.io.inputs import read_input
     from roicli.io.manifest import items_from_glob, read_manifest
-    from roicli.io.output import read_input
     from roicli.jobs import BatchConfig, run_batch
 
     if not outdir:

@@ -1,4 +1,5 @@
-"""A small, fixed (weight-free) backbone so an image can stand in for a feature map.
+"""A small, fixed (weight-free) backbone so an image can stand in for a feature map, and
+`features_from_image`, which runs an image through it (or through a TorchScript backbone).
 
 Nothing is learned or downloaded: every filter is written down here, so the features are
 deterministic and mean something. From an RGB image in [0, 1] it computes, at three scales (the
@@ -13,10 +14,16 @@ coordinate 8i + 4, i.e. at +0.5 cells, which is the pixel model of `aligned=True
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from roicli.errors import InputError, UsageError
+from roicli.io.features import Features
+from roicli.io.images import DECODE_BYTES_PER_PIXEL, image_size, read_image
+from roicli.resources import check_memory
 
 STRIDE = 8
 CHANNELS = 27
@@ -60,3 +67,68 @@ class FilterBankBackbone(nn.Module):
             stage = torch.cat([x, magnitude, edges, blob], dim=1)  # [N, 9, h, w]
             scales.append(F.avg_pool2d(stage, 2 ** (3 - s)) if s < 3 else stage)
         return torch.cat(scales, dim=1)  # [N, 27, H // 8, W // 8]
+
+
+def features_from_image(
+    path: str,
+    backbone: str = "builtin",
+    stride: float | None = None,
+    spatial_scale: float | None = None,
+    device: torch.device | str = "cpu",
+    max_pixels: int | None = None,
+) -> Features:
+    """Run an image through the built-in filter bank, or a TorchScript backbone (`torch.jit.save`).
+
+    `max_pixels` refuses larger images (decompression bombs; default `io.images.MAX_PIXELS`).
+    The built-in backbone has stride 8. A TorchScript backbone takes `Tensor[1, 3, H, W]` in [0, 1]
+    and returns `Tensor[1, C, h, w]`; its stride is `--stride`, else inferred as H / h.
+    """
+    if backbone == "builtin" and (stride is not None or spatial_scale is not None):
+        raise UsageError(
+            "{stride}/{spatial_scale}: the built-in backbone's stride is fixed at 8; "
+            "they apply to {backbone} FILE or to feature files",
+            param=("stride", "spatial_scale", "backbone"),
+        )
+    w, h = image_size(path, max_pixels)
+    per_pixel = DECODE_BYTES_PER_PIXEL + (FilterBankBackbone.bytes_per_pixel if backbone == "builtin" else 0)
+    check_memory(
+        w * h * per_pixel,
+        f"{path}: reading this {w}x{h} image" + (" and running the built-in backbone" if backbone == "builtin" else ""),
+        "downscale the image, or pool a feature file made elsewhere",
+    )
+    image = read_image(path, max_pixels).to(device)
+    if backbone == "builtin":
+        net, origin = FilterBankBackbone().to(device), "builtin backbone"
+    else:
+        if not Path(backbone).is_file():
+            raise InputError(f"{backbone}: no such file ({{backbone}})", param="backbone")
+        try:
+            net = torch.jit.load(backbone, map_location=device)
+        except Exception as e:
+            raise InputError(f"{backbone}: not a TorchScript module ({{backbone}}): {e}", param="backbone") from None
+        origin = "option"
+    with torch.no_grad():
+        try:
+            out = net(image)
+        except Exception as e:
+            raise InputError(f"{backbone}: backbone failed on {path}: {e}") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise InputError(f"{backbone}: expected the backbone to return Tensor[1, C, h, w], got {_describe(out)}")
+    h_img = image.shape[-2]
+    if spatial_scale is not None:
+        scale = spatial_scale
+        origin = "option"
+    elif stride is not None:
+        scale = 1.0 / stride
+        origin = "option"
+    elif backbone == "builtin":
+        scale = 1.0 / FilterBankBackbone.stride
+    else:
+        scale = 2.0 ** round(torch.log2(torch.tensor(out.shape[-2] / h_img)).item())
+        origin = "inferred from the backbone's output size"
+    key = "builtin" if backbone == "builtin" else Path(backbone).name
+    return Features([out.float()], [key], [scale], origin, path, image_size=(h_img, image.shape[-1]))
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

@@ -16,9 +16,10 @@ import torch
 
 import roicli
 from roicli import registry
+from roicli.backbone import features_from_image
 from roicli.errors import InputError, ResourceError, UsageError
-from roicli.io.features import Features, features_from_image, features_from_safetensors, is_image_path
-from roicli.io.output import read_input
+from roicli.io.features import Features, features_from_safetensors, is_image_path
+from roicli.io.inputs import read_input
 from roicli.io.rois import ROIS_FORMATS, RoiSet, read_rois
 from roicli.io.safetensors_io import dumps
 from roicli.io.writers import encode

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from roicli.ops._gather import separable_mean
+from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 from roicli.ops.roi_pool import c_round, pool_windows
 
 
@@ -215,7 +217,6 @@ class ValueComparison:
     def __call__(self, rois: torch.Tensor, level_idx: torch.Tensor) -> dict:
         """rois `Tensor[k, 5]` in image px, level_idx `Tensor[k]` -> name -> `Tensor[k]` (float64, CPU)."""
         from roicli.ops import pool_levels, precise_roi_pool, roi_align, roi_pool
-        from roicli.ops.roi_pool import window_avg_pool
 
         size, sr, aligned = self.output_size, self.sampling_ratio, self.aligned
 
@@ -441,3 +442,36 @@ def explain(g: RoiGeometry, output_size: tuple[int, int], errors: dict | None = 
             f"RoI Pool (max) vs RoI Align (max) {e['pool_vs_align_max']}.",
         ]
     return lines
+
+
+def window_avg_pool(
+    input: torch.Tensor,
+    boxes: BoxesLike,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> torch.Tensor:
+    """The *average* over RoI Pool's integer windows (same rounding and windows as `roi_pool`).
+
+    Not a standard op: it isolates RoI Pool's quantization from its max aggregation, so that it can
+    be compared with `precise_roi_pool` (the exact average over the exact bins). Returns
+    Tensor[K, C, PH, PW]; an empty window gives 0.
+    """
+    check_input(input)
+    ph, pw = to_pair(output_size)
+    rois = as_rois(boxes, input)
+    n, c, h, w = input.shape
+    if rois.shape[0] == 0:
+        return input.new_zeros((0, c, ph, pw))
+    ry, wy = _window_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, h)
+    rx, wx = _window_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, w)
+    return separable_mean(input, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
+
+
+def _window_taps(start, end, spatial_scale, pooled, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (cols) of each integer window and the weight 1/window size: `Tensor[K, P, T]` each."""
+    _, first, last = pool_windows(start, end, spatial_scale, pooled, size)  # [K, P] x2
+    count = (last - first).clamp_min(0)
+    t = torch.arange(max(int(count.max()), 1), device=start.device)
+    idx = (first[..., None] + t).clamp(0, size - 1)  # [K, P, T]
+    weight = (t < count[..., None]) / count.clamp_min(1)[..., None].to(torch.float64)
+    return idx, weight

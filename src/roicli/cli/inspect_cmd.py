@@ -66,7 +66,7 @@ def inspect(
 
 def _read(file: str, source: str, whole: bool) -> tuple[Header, bytes | None]:
     """The header; the whole file too when `whole` (or when it comes from stdin, which cannot seek)."""
-    from roicli.io.output import read_input
+    from roicli.io.inputs import read_input
 
     if file == "-" or whole:
         data = read_input(file, binary=True)

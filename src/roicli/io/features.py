@@ -18,7 +18,6 @@ from safetensors.torch import load as st_load
 
 from roicli.errors import InputError, UsageError
 from roicli.io.header import parse_header
-from roicli.resources import check_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 _LEVEL_KEY = re.compile(r"^p(\d+)$")
@@ -157,71 +156,3 @@ def _scale_value(text: str, name: str, source: str) -> float:
 
 def is_image_path(path: str) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def features_from_image(
-    path: str,
-    backbone: str = "builtin",
-    stride: float | None = None,
-    spatial_scale: float | None = None,
-    device: torch.device | str = "cpu",
-    max_pixels: int | None = None,
-) -> Features:
-    """Run an image through the built-in filter bank, or a TorchScript backbone (`torch.jit.save`).
-
-    `max_pixels` refuses larger images (decompression bombs; default `io.images.MAX_PIXELS`).
-    The built-in backbone has stride 8. A TorchScript backbone takes `Tensor[1, 3, H, W]` in [0, 1]
-    and returns `Tensor[1, C, h, w]`; its stride is `--stride`, else inferred as H / h.
-    """
-    from roicli.backbone import FilterBankBackbone
-    from roicli.io.images import DECODE_BYTES_PER_PIXEL, image_size, read_image
-
-    if backbone == "builtin" and (stride is not None or spatial_scale is not None):
-        raise UsageError(
-            "{stride}/{spatial_scale}: the built-in backbone's stride is fixed at 8; "
-            "they apply to {backbone} FILE or to feature files",
-            param=("stride", "spatial_scale", "backbone"),
-        )
-    w, h = image_size(path, max_pixels)
-    per_pixel = DECODE_BYTES_PER_PIXEL + (FilterBankBackbone.bytes_per_pixel if backbone == "builtin" else 0)
-    check_memory(
-        w * h * per_pixel,
-        f"{path}: reading this {w}x{h} image" + (" and running the built-in backbone" if backbone == "builtin" else ""),
-        "downscale the image, or pool a feature file made elsewhere",
-    )
-    image = read_image(path, max_pixels).to(device)
-    if backbone == "builtin":
-        net, origin = FilterBankBackbone().to(device), "builtin backbone"
-    else:
-        if not Path(backbone).is_file():
-            raise InputError(f"{backbone}: no such file ({{backbone}})", param="backbone")
-        try:
-            net = torch.jit.load(backbone, map_location=device)
-        except Exception as e:
-            raise InputError(f"{backbone}: not a TorchScript module ({{backbone}}): {e}", param="backbone") from None
-        origin = "option"
-    with torch.no_grad():
-        try:
-            out = net(image)
-        except Exception as e:
-            raise InputError(f"{backbone}: backbone failed on {path}: {e}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise InputError(f"{backbone}: expected the backbone to return Tensor[1, C, h, w], got {_describe(out)}")
-    h_img = image.shape[-2]
-    if spatial_scale is not None:
-        scale = spatial_scale
-        origin = "option"
-    elif stride is not None:
-        scale = 1.0 / stride
-        origin = "option"
-    elif backbone == "builtin":
-        scale = 1.0 / FilterBankBackbone.stride
-    else:
-        scale = 2.0 ** round(torch.log2(torch.tensor(out.shape[-2] / h_img)).item())
-        origin = "inferred from the backbone's output size"
-    key = "builtin" if backbone == "builtin" else Path(backbone).name
-    return Features([out.float()], [key], [scale], origin, path, image_size=(h_img, image.shape[-1]))
-
-
-def _describe(x) -> str:
-    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__

@@ -1,4 +1,4 @@
-"""Write outputs atomically (temp file in the same folder, then rename) or to stdout, and read inputs.
+"""Write outputs atomically (temp file in the same folder, then rename) or to stdout.
 
 An exit code of 0 means every output is whole: file outputs appear only complete (temp file + rename,
 removed on every exit path, Ctrl-C and SIGTERM included), several outputs of one command land together
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from roicli.errors import InputError, OutputError, StdoutClosed, UsageError
+from roicli.errors import OutputError, StdoutClosed, UsageError
 
 Data = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
@@ -155,30 +155,3 @@ def write_output(path: str, data: Data, fsync: bool = True) -> None:
     """Write `data` (bytes, or a sequence of buffers written one after another) to `path` atomically,
     or to stdout for `-`. Nothing partial is ever left."""
     write_outputs([(path, data)], fsync)
-
-
-def read_input(path: str, binary: bool = False) -> bytes | str:
-    """Read a whole input file, or stdin for `-`."""
-    try:
-        if path == "-":
-            if sys.stdin is None or sys.stdin.closed:
-                raise InputError("stdin: is closed; pipe the input in or give a file")
-            data = sys.stdin.buffer.read()
-        else:
-            p = Path(path)
-            if p.is_dir():
-                raise InputError(f"{path}: is a directory; expected a file")
-            data = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as e:  # e.g. stdin closed (`<&-`): EBADF
-        raise InputError(f"{'stdin' if path == '-' else path}: cannot read: {e.strerror or e}") from None
-    if binary:
-        return data
-    source = "stdin" if path == "-" else path
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{source}: not UTF-8 text (byte {e.start})") from None

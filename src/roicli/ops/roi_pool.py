@@ -12,7 +12,6 @@ from roicli.ops import (
     _library,
     _scripted,
 )
-from roicli.ops._gather import separable_mean
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, is_tracing, to_pair
 
 
@@ -281,39 +280,6 @@ def _max2(kind: str, a, b, out=None) -> tuple[Tensor, ...]:
     if out is None:
         return tuple(torch.where(take_b, y, x) for x, y in zip(a, b, strict=True))
     return tuple(torch.where(take_b, y, x, out=o) for x, y, o in zip(a, b, out, strict=True))
-
-
-def window_avg_pool(
-    input: Tensor,
-    boxes: BoxesLike,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-) -> Tensor:
-    """The *average* over RoI Pool's integer windows (same rounding and windows as `roi_pool`).
-
-    Not a standard op: it isolates RoI Pool's quantization from its max aggregation, so that it can
-    be compared with `precise_roi_pool` (the exact average over the exact bins). Returns
-    Tensor[K, C, PH, PW]; an empty window gives 0.
-    """
-    check_input(input)
-    ph, pw = to_pair(output_size)
-    rois = as_rois(boxes, input)
-    n, c, h, w = input.shape
-    if rois.shape[0] == 0:
-        return input.new_zeros((0, c, ph, pw))
-    ry, wy = _window_taps(rois[:, 2], rois[:, 4], spatial_scale, ph, h)
-    rx, wx = _window_taps(rois[:, 1], rois[:, 3], spatial_scale, pw, w)
-    return separable_mean(input, rois[:, 0].long() * (h * w), ry, wy, rx, wx, compact=True)
-
-
-def _window_taps(start, end, spatial_scale, pooled, size) -> tuple[Tensor, Tensor]:
-    """Rows (cols) of each integer window and the weight 1/window size: `Tensor[K, P, T]` each."""
-    _, first, last = pool_windows(start, end, spatial_scale, pooled, size)  # [K, P] x2
-    count = (last - first).clamp_min(0)
-    t = torch.arange(max(int(count.max()), 1), device=start.device)
-    idx = (first[..., None] + t).clamp(0, size - 1)  # [K, P, T]
-    weight = (t < count[..., None]) / count.clamp_min(1)[..., None].to(torch.float64)
-    return idx, weight
 
 
 _scripted._scriptable(roi_pool, _scripted.roi_pool)

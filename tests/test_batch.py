@@ -567,3 +567,15 @@ def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
             "rois": torch.cat([t["rois"] for _, t in items]).double(),
         }
         assert b"".join(dump_parts(shard_tensors(items), meta)) == dumps(joined, meta)
+
+
+def test_an_output_name_in_another_format_is_refused_not_mislabelled(tmp_path: Path):
+    """batch writes safetensors only: an `output` of x.npz is refused up front instead of holding
+    safetensors bytes under an .npz name."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    manifest = tmp_path / "m.jsonl"
+    row = {"features": str(samples / "feats.safetensors"), "rois": str(samples / "rois.json"), "output": "x.npz"}
+    manifest.write_text(json.dumps(row) + "\n")
+    res = _cli("batch", str(manifest), "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1 and "must end in .safetensors" in res.stderr and "'x.npz'" in res.stderr
+    assert not (tmp_path / "out" / "x.npz").exists()

@@ -88,6 +88,11 @@ def _item(index: int, where: str, obj: dict, base: Path) -> Item:
     if obj.get("key") not in (None, ""):
         overrides["key"] = str(obj["key"])
     output = str(obj.get("output") or "") or Path(features).stem + ".safetensors"
+    if Path(output).suffix.lower() != ".safetensors":  # resume reads safetensors headers; never a mislabelled file
+        raise InputError(
+            f"{where}: field 'output' must end in .safetensors (batch writes safetensors; roicli align -o "
+            f"writes .npz, .pt and .parquet), got {output!r}"
+        )
     if Path(output).name != output or output.startswith(".") or output in _RESERVED or output.startswith("shard-"):
         raise InputError(
             f"{where}: field 'output' must be a plain file name, not hidden and not one of roicli's "

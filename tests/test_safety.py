@@ -471,3 +471,31 @@ def test_write_is_atomic_when_killed_half_way(tmp_path: Path, monkeypatch):
         output_mod.write_output(str(out), b"new contents")
     assert out.read_bytes() == b"old contents"
     assert os.listdir(tmp_path) == ["o.safetensors"]
+
+
+@pytest.mark.parametrize("ratio", ["100000", str(2**63 - 1)])
+def test_item8_sampling_work_is_checked_up_front(tmp_path: Path, ratio: str):
+    """Item 8: RoI Align work known from the boxes (a huge --sampling-ratio, or adaptive sampling on
+    huge boxes) is refused before it starts, instead of running for hours (or an internal error)."""
+    t0 = time.perf_counter()
+    line = assert_fails(run("align", FEATS, ROIS_JSON, "-o", tmp_path / "o.safetensors", "--sampling-ratio", ratio),
+                        1, "RoI Align would interpolate", "--sampling-ratio")
+    assert "samples per bin" in line and time.perf_counter() - t0 < 30
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps([[0, 0, 16_000_000, 16_000_000]]))
+    assert_fails(run("align", FEATS, huge, "-o", tmp_path / "o.safetensors", "--stride", "1"), 1,
+                 "RoI Align would interpolate")
+    ok(run("align", FEATS, huge, "-o", tmp_path / "o.safetensors", "--stride", "1", "--sampling-ratio", "2", "-q"))
+
+
+def test_api_scale_of_the_wrong_type_is_a_clear_error():
+    """Item 9 at the library level: spatial_scale=[0.25] is a ValidationError naming it, not a TypeError."""
+    with pytest.raises(roicli.errors.UsageError, match="spatial_scale: expected a number, got \\[0.25\\]"):
+        roicli.pool(str(FEATS), str(ROIS_JSON), spatial_scale=[0.25])
+
+
+def test_batch_rois_template_with_a_bad_placeholder(tmp_path: Path):
+    """Item 9: a malformed --rois template is a one-line usage error, not an internal error."""
+    for template in ("rois/{stem.x}.json", "rois/{stem.json"):
+        assert_fails(run("batch", "--features", str(FEATS), "--rois", template, "-o", tmp_path / "out"), 2,
+                     "bad placeholder")

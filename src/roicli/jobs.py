@@ -56,7 +56,7 @@ from roicli.io.safetensors_io import dump_parts
 from roicli.pipeline import PoolSpec, pool_job
 
 _SHARD = re.compile(r"^shard-(\d{5})\.(safetensors|index\.jsonl)$")
-_TEMP = re.compile(r"^\..+\.tmp$")  # write_output's temp files: `.NAME.RANDOM.tmp`
+_TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # write_output's temp files: `.NAME.RANDOM.tmp`
 LOCK_NAME = ".roicli-batch.lock"
 STAMP_KEY = "roicli_batch"  # the output metadata key that resume verifies
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
@@ -578,6 +578,8 @@ def _parse_holder(data: bytes) -> dict | None:
 
 
 def _alive(holder: dict) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: never call it
+        return True
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False
@@ -597,11 +599,15 @@ def _describe(holder: dict | None) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
 
 
-def remove_stale_temp_files(outdir: Path) -> int:
-    """Remove the temp files dead runs left in OUTDIR (we hold the lock: no live run writes here)."""
+def remove_stale_temp_files(outdir: Path, outputs: set[str]) -> int:
+    """Remove the temp files dead runs left in OUTDIR for the files a batch writes (`outputs`, shards,
+    indexes, records); we hold the lock, so no live batch writes them. Other files' temp files (a
+    concurrent `roicli align -o OUTDIR/x`) are left alone."""
     n = 0
     for name in os.listdir(outdir):
-        if _TEMP.match(name) and (outdir / name).is_file():
+        m = _TEMP.match(name)
+        ours = m and (m.group(1) in outputs or _SHARD.match(m.group(1)) or m.group(1) == "index.jsonl")
+        if ours and (outdir / name).is_file():
             with contextlib.suppress(OSError):
                 (outdir / name).unlink()
                 n += 1
@@ -811,7 +817,7 @@ def run_batch(
     try:
         if took_over and notice:
             notice(f"{outdir}: {took_over}")
-        removed = remove_stale_temp_files(outdir)
+        removed = remove_stale_temp_files(outdir, {it.output for it in items})
         if removed and notice:
             notice(f"{outdir}: removed {removed} temp file(s) left by a run that did not finish")
         return _run_locked([_absolute(it) for it in items], cfg, outdir, progress)

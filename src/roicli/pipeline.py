@@ -21,7 +21,6 @@ from roicli.errors import InputError, ResourceError, UsageError
 from roicli.io.features import Features, features_from_safetensors, is_image_path
 from roicli.io.inputs import read_input
 from roicli.io.rois import ROIS_FORMATS, RoiSet, read_rois
-from roicli.io.safetensors_io import dumps
 from roicli.io.writers import encode
 from roicli.ops import fpn_levels, pool_levels
 from roicli.ops._validate import compute_dtype
@@ -65,6 +64,9 @@ def resolve_dtype(name: str | None) -> torch.dtype | None:
 def scale_option(spatial_scale: float | None, stride: float | None) -> float | None:
     if spatial_scale is not None and stride is not None:
         raise UsageError("give {spatial_scale} or {stride}, not both", param=("spatial_scale", "stride"))
+    for name, value in (("spatial_scale", spatial_scale), ("stride", stride)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{{{name}}}: expected a number, got {value!r}", param=name)
     if spatial_scale is not None:
         if not 0 < spatial_scale < math.inf:
             raise UsageError(
@@ -240,9 +242,6 @@ class PoolResult:
     degenerate: list[int] = field(default_factory=list)  # rows of zero-size or inverted boxes
     outside: list[int] = field(default_factory=list)  # rows of boxes entirely outside their map
 
-    def to_bytes(self) -> bytes:
-        return dumps(self.tensors, self.metadata)
-
     def encode(self, fmt: str = ".safetensors") -> list:
         """The output file in `fmt` (see `roicli.io.writers`) as buffers to write one after another
         (no joined copy of the tensors)."""
@@ -301,6 +300,7 @@ def pool_job(
     check_pool_memory(feats, len(roi_set), spec)
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
     bad, outside = check_boxes(inputs, levels, strict)
+    check_sampling_work(inputs, levels, spec)
     pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
     seconds = time.perf_counter() - t0
 
@@ -418,6 +418,38 @@ def check_pool_memory(feats: Features, k: int, spec: PoolSpec) -> None:
         else "use a smaller {chunk_size} or {output_size}"
     )
     need_memory(output + working, f"the output ({k} x {c} x {ph} x {pw} {str(dtype)[6:]}) plus working memory", hint)
+
+
+# Bilinear samples RoI Align may take per call (x channels): about 10^11 multiply-adds, minutes on
+# one core. Beyond it, the work (known from the boxes before it starts) is refused, not begun.
+MAX_SAMPLE_TAPS = 1e11
+
+
+def check_sampling_work(inputs: Inputs, levels: torch.Tensor, spec: PoolSpec) -> None:
+    """Refuse RoI Align work that would run for hours: a huge `sampling_ratio`, or adaptive sampling
+    (`ceil(bin size)` samples per axis) on huge boxes at a fine stride. Counted from the boxes alone:
+    sum over RoIs of PH * PW * IY * IX, times C channels and 4 taps per sample."""
+    params = spec.params()
+    if spec.op != "align" or len(inputs.rois) == 0:
+        return
+    ph, pw = spec.output_size
+    feats, b = inputs.features, inputs.rois.boxes  # [K, 4] float64, image px
+    scale = torch.tensor(feats.scales, dtype=torch.float64)[levels.cpu()]  # [K]
+    sr = params["sampling_ratio"]
+    if sr > 0:
+        iy = ix = torch.full_like(scale, float(sr))
+    else:
+        floor = 0.0 if params["aligned"] else 1.0  # aligned=False makes RoIs at least one cell
+        iy = (((b[:, 3] - b[:, 1]) * scale).clamp_min(floor) / ph).ceil().clamp_min(0)
+        ix = (((b[:, 2] - b[:, 0]) * scale).clamp_min(floor) / pw).ceil().clamp_min(0)
+    taps = float((iy * ix).sum()) * ph * pw * feats.levels[0].shape[1] * 4
+    if taps > MAX_SAMPLE_TAPS:
+        raise ResourceError(
+            f"RoI Align would interpolate about {taps:.2g} values (up to {int(iy.max())} x {int(ix.max())} samples "
+            "per bin), hours of work; give a small fixed {sampling_ratio} such as 2 (adaptive sampling takes "
+            "ceil(bin size) samples per axis, which is huge for huge boxes at a fine stride)",
+            param="sampling_ratio",
+        )
 
 
 def need_memory(need: float, what: str, hint: str) -> None:

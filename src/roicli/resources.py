@@ -8,8 +8,12 @@ and which option helps, instead of after minutes or by the kernel's OOM killer.
 from __future__ import annotations
 
 import os
-import resource
 from pathlib import Path
+
+try:
+    import resource
+except ImportError:  # not on Windows: no address-space limit to read
+    resource = None
 
 from roicli.errors import ResourceError
 
@@ -49,9 +53,10 @@ def available_memory() -> int | None:
     cg_max, cg_cur = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
     if cg_max is not None and cg_cur is not None:
         limits.append(max(cg_max - cg_cur, 0))
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        limits.append(max(soft - _vm_size(), 0))
+    if resource is not None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(max(soft - _vm_size(), 0))
     if os.environ.get(_ENV):
         try:
             limits.append(parse_size(os.environ[_ENV]))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
@@ -155,8 +154,6 @@ def _run(op: str, opts: dict) -> None:
     fmt = format_of(output)
     if report:
         check_output(report, [*inputs, output], binary=False, suffixes=REPORT_SUFFIXES)
-        if report != "-" and output != "-" and Path(report).resolve() == Path(output).resolve():
-            raise UsageError(f"--report {report}: is also the output (-o)")
     console = stderr()
     with Progress(disable=not show_progress(quiet or json_out), transient=True, console=console) as bar:
         task = bar.add_task(f"roicli {spec.op}", total=None)

@@ -125,9 +125,9 @@ def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
         p = Path(f)
         try:
             rois = rois_template.format(stem=p.stem, name=p.name, parent=str(p.parent))
-        except (KeyError, IndexError) as e:
+        except (KeyError, IndexError, AttributeError, ValueError) as e:
             raise UsageError(
-                f"{{rois}}: unknown placeholder {e} in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}",
+                f"{{rois}}: bad placeholder ({e}) in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}",
                 param="rois",
             ) from None
         items.append(Item(i, os.path.abspath(f), os.path.abspath(rois), None, p.stem + ".safetensors", {}))

@@ -19,7 +19,14 @@ Data = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 
 
 def _read_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it; done once, at import, before any thread starts
+    """The process's umask: from /proc on Linux (no change of state), else set-and-restore, once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -31,7 +38,7 @@ def check_output(path: str, inputs: list[str], binary: bool = True, suffixes: Se
     """Refuse, before any work, outputs that cannot or must not be written. `suffixes`: the file
     extensions this output may have (e.g. `.safetensors`), in lower case; empty allows any."""
     if path == "":
-        raise UsageError("-o/--output: expected a file name or -, got an empty string")
+        raise UsageError("{output}: expected a file name or -, got an empty string", param="output")
     if path == "-":
         if binary and sys.stdout.isatty():
             raise UsageError("refusing to write binary data to a terminal; pipe it or use -o FILE")
@@ -103,11 +110,12 @@ class _Staged:
 
     def __init__(self, path: str, data: Data, fsync: bool):
         self.path = Path(path)
+        self.tmp = None
         parent = self.path.parent if str(self.path.parent) else Path(".")
-        fd, self.tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, _new_file_mode(self.path))
-            with os.fdopen(fd, "wb") as f:
+            fd, self.tmp = tempfile.mkstemp(dir=parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:  # closes fd on every path from here
+                os.fchmod(fd, _new_file_mode(self.path))
                 for part in _parts(data):
                     f.write(part)
                 f.flush()
@@ -118,13 +126,16 @@ class _Staged:
             raise
 
     def discard(self) -> None:
-        Path(self.tmp).unlink(missing_ok=True)
+        if self.tmp is not None:
+            Path(self.tmp).unlink(missing_ok=True)
 
 
 def write_outputs(outputs: Iterable[tuple[str, Data]], fsync: bool = True) -> None:
     """Write several outputs so that all land or none: each goes to its temp file first, stdout (`-`,
-    at most one) is written next, and only then are the files renamed into place. On any failure,
-    Ctrl-C or SIGTERM the temp files are removed and existing outputs keep their old contents.
+    at most one) is written next, and only then are the files renamed into place. On any failure
+    while writing (a full disk, Ctrl-C, SIGTERM) the temp files are removed and existing outputs keep
+    their old contents. The renames themselves come last, one after another: only a failure of a
+    rename (rare: the data is already on disk) can leave some outputs renamed and not the others.
 
     The rename alone makes a write atomic for readers and against a killed process; `fsync` also makes
     it durable against a power cut before the rename (batch jobs leave it off for speed)."""

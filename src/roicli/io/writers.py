@@ -26,13 +26,13 @@ SUFFIXES = (".safetensors", ".npz", ".pt", ".parquet")
 
 
 def format_of(path: str) -> str:
-    """The format an output path asks for: its extension's, `.safetensors` for stdout (`-`)."""
+    """The format an output path asks for: its extension's, `.safetensors` for stdout (`-`). The
+    extension is checked against SUFFIXES with the other output checks (`io.output.check_output`)."""
     if path == "-":
         return ".safetensors"
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
-        got = repr(suffix) if suffix else "a name without an extension"
-        raise UsageError(f"{path}: roicli writes {', '.join(SUFFIXES)} files; got {got}")
+        raise UsageError(f"{path}: roicli writes {', '.join(SUFFIXES)} files, not {suffix or 'this'!r}")
     return suffix
 
 

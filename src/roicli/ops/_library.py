@@ -73,11 +73,12 @@ _no_argmax = threading.local()
 @contextlib.contextmanager
 def argmax_unused() -> Iterator[None]:
     """Inside: roicli::roi_pool may return a placeholder argmax (for the eager front door only)."""
+    previous = getattr(_no_argmax, "active", False)
     _no_argmax.active = True
     try:
         yield
     finally:
-        _no_argmax.active = False
+        _no_argmax.active = previous
 
 
 # --------------------------------------------------------------------------- real kernels

@@ -16,7 +16,7 @@ from roicli.cli._common import handle_errors, show_progress, stderr
 from roicli.errors import UsageError
 from roicli.io.output import check_output, write_outputs
 from roicli.io.writers import SUFFIXES as WRITER_SUFFIXES
-from roicli.io.writers import format_of
+from roicli.io.writers import check_writable, format_of
 
 OUTPUT_SUFFIXES = WRITER_SUFFIXES
 REPORT_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
@@ -152,6 +152,7 @@ def _run(op: str, opts: dict) -> None:
     inputs = [features, rois, spec.backbone if spec.backbone != "builtin" else ""]
     check_output(output, inputs, suffixes=OUTPUT_SUFFIXES)
     fmt = format_of(output)
+    check_writable(fmt)
     if report:
         check_output(report, [*inputs, output], binary=False, suffixes=REPORT_SUFFIXES)
     console = stderr()

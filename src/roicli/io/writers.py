@@ -69,12 +69,23 @@ def _pt(tensors: dict, metadata: dict, table: dict) -> list:
     return [buf.getbuffer()]
 
 
-def _parquet(tensors: dict, metadata: dict, table: dict) -> list:
+def _pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise UsageError(".parquet outputs need pyarrow: pip install 'roicli[parquet]'") from None
+    return pa, pq
+
+
+def check_writable(fmt: str) -> None:
+    """Before any work: refuse a format whose writer cannot run here (Parquet without pyarrow)."""
+    if fmt == ".parquet":
+        _pyarrow()
+
+
+def _parquet(tensors: dict, metadata: dict, table: dict) -> list:
+    pa, pq = _pyarrow()
     import torch
 
     pooled = tensors["pooled"].detach().cpu()

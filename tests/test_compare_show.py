@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from test_report import c_round, save_map, save_rois
 from typer.testing import CliRunner
 
 from roicli.cli import app
@@ -55,23 +56,6 @@ def one_line_error(result, code: int, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
-
-
-def save_map(path: Path, fmap: torch.Tensor, stride: int) -> Path:
-    save_file({"features": fmap.contiguous()}, path, metadata={"stride": str(stride)})
-    return path
-
-
-def save_rois(path: Path, boxes, ids=None) -> Path:
-    ids = ids or [f"r{i}" for i in range(len(boxes))]
-    path.write_text(json.dumps([{"id": i, "box": [float(v) for v in b]} for i, b in zip(ids, boxes)]))
-    return path
-
-
-def c_round(v: float) -> int:
-    """C's round: half away from zero."""
-    t = math.trunc(v)
-    return t + (int(math.copysign(1, v)) if abs(v - t) >= 0.5 else 0)
 
 
 def table_cells(text: str) -> dict[str, dict[str, str]]:

@@ -27,7 +27,7 @@ import torch
 
 from roicli import registry
 from roicli.errors import InputError, UsageError
-from roicli.io.features import Features, features_from_safetensors
+from roicli.io.features import Features, features_from_tensors
 from roicli.io.rois import RoiSet, read_rois
 from roicli.pipeline import (
     SPEC_OPTIONS,
@@ -101,11 +101,11 @@ def load_features(
     if isinstance(source, torch.Tensor):
         source = {"input": source}
     if isinstance(source, Mapping):
-        from safetensors.torch import save
-
-        scale = _scale(spatial_scale, stride)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in source.items()}
-        return features_from_safetensors(save(tensors), "features", key, scale)
+        bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise UsageError(f"{{features}}: expected tensors, got {bad[0]!r} = {type(source[bad[0]]).__name__}",
+                             param="features")  # fmt: skip
+        return features_from_tensors(dict(source), {}, "features", key, _scale(spatial_scale, stride))
     if isinstance(source, (list, tuple)) and source and all(isinstance(t, torch.Tensor) for t in source):
         scales = spatial_scale if isinstance(spatial_scale, (list, tuple)) else None
         if scales is None or len(scales) != len(source):

@@ -67,6 +67,18 @@ def features_from_safetensors(
     `spatial_scale` (from --spatial-scale / --stride) overrides the metadata.
     """
     tensors, meta = load_safetensors(data, source)
+    return features_from_tensors(tensors, meta, source, key, spatial_scale)
+
+
+def features_from_tensors(
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    source: str,
+    key: str | None = None,
+    spatial_scale: float | None = None,
+) -> Features:
+    """`features_from_safetensors` for tensors already in memory (named like a file's, with its
+    metadata): the same choice of map or pyramid and the same scale rules, without a copy."""
     maps = {k: t for k, t in tensors.items() if t.dim() in (3, 4)}
     if key:
         keys = [k.strip() for k in key.split(",") if k.strip()]

@@ -270,9 +270,7 @@ def rois_and_levels(inputs: Inputs, spec: PoolSpec) -> tuple[torch.Tensor, torch
 def roi_geometry(inputs: Inputs, levels: torch.Tensor, output_size: tuple[int, int]) -> list:
     """RoI Pool's quantization geometry of every RoI, on the map (level) it is pooled from."""
     feats, roi_set = inputs.features, inputs.rois
-    lv = levels.cpu()
-    scales = torch.tensor(feats.scales, dtype=torch.float64)[lv]  # [K]
-    sizes = torch.tensor([list(feats.levels[int(i)].shape[-2:]) for i in lv], dtype=torch.long).reshape(-1, 2)
+    scales, sizes = feats.per_roi(levels)  # [K], [K, 2]
     return pool_geometry(roi_set.boxes, roi_set.batch, roi_set.ids, scales, output_size, sizes, geometry_dtype(feats))
 
 
@@ -396,11 +394,9 @@ def outside_rows(inputs: Inputs, levels: torch.Tensor) -> list[int]:
     feats, b = inputs.features, inputs.rois.boxes  # [K, 4] float64
     if b.shape[0] == 0:
         return []
-    lv = levels.cpu()
-    extent = torch.tensor(
-        [[t.shape[-1] / s, t.shape[-2] / s] for t, s in zip(feats.levels, feats.scales)], dtype=torch.float64
-    )[lv]  # [K, 2]: width, height in image px
-    out = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= extent[:, 0]) | (b[:, 1] >= extent[:, 1])
+    scales, sizes = feats.per_roi(levels)  # [K], [K, 2] (H, W)
+    width, height = sizes[:, 1] / scales, sizes[:, 0] / scales  # [K] each, image px
+    out = (b[:, 2] <= 0) | (b[:, 3] <= 0) | (b[:, 0] >= width) | (b[:, 1] >= height)
     return out.nonzero().flatten().tolist()
 
 
@@ -434,7 +430,7 @@ def check_sampling_work(inputs: Inputs, levels: torch.Tensor, spec: PoolSpec) ->
         return
     ph, pw = spec.output_size
     feats, b = inputs.features, inputs.rois.boxes  # [K, 4] float64, image px
-    scale = torch.tensor(feats.scales, dtype=torch.float64)[levels.cpu()]  # [K]
+    scale, _ = feats.per_roi(levels)  # [K]
     sr = params["sampling_ratio"]
     if sr > 0:
         iy = ix = torch.full_like(scale, float(sr))

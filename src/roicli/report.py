@@ -266,8 +266,7 @@ def compare_chunks(
     """
     compare = ValueComparison(features.levels, features.scales, output_size, sampling_ratio, aligned)
     lv = levels.cpu()
-    scales = torch.tensor(features.scales, dtype=torch.float64)  # [L]
-    sizes = torch.tensor([list(f.shape[-2:]) for f in features.levels], dtype=torch.long)  # [L, 2]
+    scales, sizes = features.per_roi(lv)  # [K], [K, 2]
     order = torch.arange(len(roi_set)) if indices is None else torch.tensor(indices, dtype=torch.long)
     for s in range(0, order.numel(), chunk_size):
         idx = order[s : s + chunk_size]  # [k]
@@ -275,9 +274,9 @@ def compare_chunks(
             roi_set.boxes[idx],
             roi_set.batch[idx],
             [roi_set.ids[i] for i in idx.tolist()],
-            scales[lv[idx]],
+            scales[idx],
             output_size,
-            sizes[lv[idx]],
+            sizes[idx],
             rois.dtype,
         )
         dev_idx = idx.to(rois.device)

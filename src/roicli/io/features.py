@@ -39,6 +39,14 @@ class Features:
     def is_pyramid(self) -> bool:
         return len(self.levels) > 1
 
+    def per_roi(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spatial scale `Tensor[K]` (float64) and map size (H, W) `Tensor[K, 2]` of the level each
+        RoI is pooled from (`levels`: `Tensor[K]`, 0 for one map)."""
+        lv = levels.cpu()
+        scales = torch.tensor(self.scales, dtype=torch.float64)  # [L]
+        sizes = torch.tensor([list(t.shape[-2:]) for t in self.levels], dtype=torch.long)  # [L, 2]
+        return scales[lv], sizes[lv]
+
 
 def read_safetensors_header(data: bytes, source: str) -> tuple[dict, dict]:
     """Validate the framing of a safetensors blob; return (tensor entries, metadata)."""

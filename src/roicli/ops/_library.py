@@ -187,69 +187,36 @@ def _below_autograd(op, *args):
         return op(*args)
 
 
-class _RoIAlign(_Function):
-    @staticmethod
-    def forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
-        return _below_autograd(torch.ops.roicli.roi_align.default, input, rois, spatial_scale,
-                               pooled_height, pooled_width, sampling_ratio, aligned, mode)
+def _function(name: str, with_argmax: bool) -> type:
+    """The autograd Function of `roicli::<name>`: its forward is the op below autograd, its backward the
+    op `roicli::<name>_backward`, given the saved RoIs (and the forward's argmax, for the ops that
+    return one, marked non-differentiable), the op's parameters and the input's shape."""
+    forward_op = getattr(torch.ops.roicli, name).default
+    backward_op = getattr(torch.ops.roicli, f"{name}_backward").default
 
-    @staticmethod
+    def forward(input, rois, *params):
+        return _below_autograd(forward_op, input, rois, *params)
+
     def setup_context(ctx, inputs, output):
         input, rois, *params = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(rois, output[1])
+        if with_argmax:
+            ctx.mark_non_differentiable(output[1])
+            ctx.save_for_backward(rois, output[1])
+        else:
+            ctx.save_for_backward(rois)
         ctx.params, ctx.input_shape = params, input.shape
 
-    @staticmethod
-    def backward(ctx, grad, _grad_argmax):
-        rois, argmax = ctx.saved_tensors
-        grad_input = torch.ops.roicli.roi_align_backward.default(
-            grad.contiguous(), rois, argmax, *ctx.params, *ctx.input_shape
-        )
-        return (grad_input,) + (None,) * 7
+    def backward(ctx, grad, *_grad_argmax):
+        grad_input = backward_op(grad.contiguous(), *ctx.saved_tensors, *ctx.params, *ctx.input_shape)
+        return (grad_input,) + (None,) * (1 + len(ctx.params))
+
+    methods = {"forward": forward, "setup_context": setup_context, "backward": backward}
+    return type(f"_{name}", (_Function,), {k: staticmethod(f) for k, f in methods.items()})
 
 
-class _RoIPool(_Function):
-    @staticmethod
-    def forward(input, rois, spatial_scale, pooled_height, pooled_width):
-        return _below_autograd(torch.ops.roicli.roi_pool.default, input, rois, spatial_scale,
-                               pooled_height, pooled_width)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, rois, *params = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(rois, output[1])
-        ctx.params, ctx.input_shape = params, input.shape
-
-    @staticmethod
-    def backward(ctx, grad, _grad_argmax):
-        rois, argmax = ctx.saved_tensors
-        grad_input = torch.ops.roicli.roi_pool_backward.default(
-            grad.contiguous(), rois, argmax, *ctx.params, *ctx.input_shape
-        )
-        return (grad_input,) + (None,) * 4
-
-
-class _PreciseRoIPool(_Function):
-    @staticmethod
-    def forward(input, rois, spatial_scale, pooled_height, pooled_width, aligned):
-        return _below_autograd(torch.ops.roicli.precise_roi_pool.default, input, rois, spatial_scale,
-                               pooled_height, pooled_width, aligned)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, rois, *params = inputs
-        ctx.save_for_backward(rois)
-        ctx.params, ctx.input_shape = params, input.shape
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rois,) = ctx.saved_tensors
-        grad_input = torch.ops.roicli.precise_roi_pool_backward.default(
-            grad.contiguous(), rois, *ctx.params, *ctx.input_shape
-        )
-        return (grad_input,) + (None,) * 5
+_RoIAlign = _function("roi_align", with_argmax=True)
+_RoIPool = _function("roi_pool", with_argmax=True)
+_PreciseRoIPool = _function("precise_roi_pool", with_argmax=False)
 
 
 def _apply(function, *args):

@@ -223,6 +223,7 @@ def test_kernels_command_reports_the_choice(monkeypatch):
 
     from roicli.cli import app
 
+    monkeypatch.delenv("ROICLI_KERNEL", raising=False)
     result = CliRunner().invoke(app, ["kernels", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

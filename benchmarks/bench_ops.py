@@ -309,16 +309,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def interleaved_ms(
+    fns: list[Callable[[], object]], device: torch.device, warmup: int, repeat: int
+) -> list[list[float]]:
+    """Wall times of each of `fns`, called in interleaved rounds (A B, then B A, ...), so that a
+    change in machine load hits every implementation alike; one list of `repeat` times per fn."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
     synchronize(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(repeat):
+        order = range(len(fns)) if i % 2 == 0 else reversed(range(len(fns)))
+        for j in order:
+            start = time.perf_counter()
+            fns[j]()
+            synchronize(device)
+            times[j].append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -390,7 +397,8 @@ class Row:
     op: str
     roicli_ms: float | None = None
     torchvision_ms: float | None = None
-    ratio: float | None = None
+    ratio: float | None = None  # median of the per-pair ratios roicli / torchvision
+    ratio_spread: tuple[float, float] | None = None  # their min and max
     roicli_peak_mib: float | None = None
     torchvision_peak_mib: float | None = None
     roicli_times_ms: list[float] = field(default_factory=list)
@@ -413,7 +421,7 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
             r.op,
             _fmt(r.roicli_ms, ".2f"),
             _fmt(r.torchvision_ms, ".2f"),
-            _fmt(r.ratio, ".2f"),
+            _fmt(r.ratio, ".2f") + (f" ({r.ratio_spread[0]:.2f}-{r.ratio_spread[1]:.2f})" if r.ratio_spread else ""),
             _fmt(r.roicli_peak_mib, ".1f"),
             _fmt(r.torchvision_peak_mib, ".1f"),
         ]
@@ -565,19 +573,20 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             row = Row(case.workload, case.op)
             try:
-                for impl in ("torchvision", "roicli"):
-                    fn = getattr(case, impl)
-                    if fn is None:
-                        continue
-                    times = time_ms(fn, device, args.warmup, args.repeat)
-                    setattr(row, f"{impl}_times_ms", [round(t, 4) for t in times])
-                    setattr(row, f"{impl}_ms", statistics.median(times))
-                    progress(f"{name} / {case.op} / {impl}: {statistics.median(times):.2f} ms")
+                impls = [(impl, getattr(case, impl)) for impl in ("torchvision", "roicli")]
+                impls = [(impl, fn) for impl, fn in impls if fn is not None]
+                times = interleaved_ms([fn for _, fn in impls], device, args.warmup, args.repeat)
+                for (impl, _), t in zip(impls, times):
+                    setattr(row, f"{impl}_times_ms", [round(x, 4) for x in t])
+                    setattr(row, f"{impl}_ms", statistics.median(t))
+                    progress(f"{name} / {case.op} / {impl}: {statistics.median(t):.2f} ms")
             except Exception as exc:  # keep going: one failing op should not hide the others
                 row.error = f"{type(exc).__name__}: {exc}"
                 progress(f"{name} / {case.op}: {row.error}")
-            if row.roicli_ms is not None and row.torchvision_ms:
-                row.ratio = row.roicli_ms / row.torchvision_ms
+            if row.roicli_times_ms and row.torchvision_times_ms:
+                pairs = [a / b for a, b in zip(row.roicli_times_ms, row.torchvision_times_ms)]
+                row.ratio = statistics.median(pairs)  # the median of the per-pair ratios
+                row.ratio_spread = (min(pairs), max(pairs))
             measured.append((row, case))
 
     # Memory after every timing: the CPU probe changes glibc's malloc settings for the process.

@@ -51,12 +51,11 @@ from roicli.errors import EngineError, OutputError, RoicliError, Terminated, Usa
 from roicli.io.features import is_image_path
 from roicli.io.header import read_complete_header
 from roicli.io.manifest import Item
-from roicli.io.output import write_output
+from roicli.io.output import temp_target, write_output
 from roicli.io.safetensors_io import dump_parts
 from roicli.pipeline import PoolSpec, pool_job
 
 _SHARD = re.compile(r"^shard-(\d{5})\.(safetensors|index\.jsonl)$")
-_TEMP = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # write_output's temp files: `.NAME.RANDOM.tmp`
 LOCK_NAME = ".roicli-batch.lock"
 STAMP_KEY = "roicli_batch"  # the output metadata key that resume verifies
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
@@ -605,8 +604,8 @@ def remove_stale_temp_files(outdir: Path, outputs: set[str]) -> int:
     concurrent `roicli align -o OUTDIR/x`) are left alone."""
     n = 0
     for name in os.listdir(outdir):
-        m = _TEMP.match(name)
-        ours = m and (m.group(1) in outputs or _SHARD.match(m.group(1)) or m.group(1) == "index.jsonl")
+        target = temp_target(name)
+        ours = target and (target in outputs or _SHARD.match(target) or target == "index.jsonl")
         if ours and (outdir / name).is_file():
             with contextlib.suppress(OSError):
                 (outdir / name).unlink()

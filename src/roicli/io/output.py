@@ -105,6 +105,15 @@ def write_stdout(data: Data) -> None:
         ) from None
 
 
+def temp_target(name: str) -> str | None:
+    """The output a temp file of `write_outputs` stands for (`.NAME.RANDOM.tmp` -> `NAME`), else None:
+    how a later run recognises what a killed one left behind."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    target, dot, _random = name[1:-4].rpartition(".")
+    return target if dot and target else None
+
+
 class _Staged:
     """One output written to a hidden temp file beside its target, waiting for its rename."""
 

@@ -10,7 +10,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -202,7 +202,7 @@ def load_inputs(
         feats = features
     else:
         feats = read_features(features, spec, dev)
-    feats.levels = [t.to(device=dev, dtype=dt or t.dtype) for t in feats.levels]
+    feats = replace(feats, levels=[t.to(device=dev, dtype=dt or t.dtype) for t in feats.levels])  # the caller's is kept
     if isinstance(rois, RoiSet):
         roi_set = rois
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from roicli.cli import app
+from roicli.io.readers import describe
 
 runner = CliRunner()
 N_GOOD = 24
@@ -569,13 +571,113 @@ def test_streamed_shards_are_the_bytes_of_the_joined_tensors():
         assert b"".join(dump_parts(shard_tensors(items), meta)) == dumps(joined, meta)
 
 
-def test_an_output_name_in_another_format_is_refused_not_mislabelled(tmp_path: Path):
-    """batch writes safetensors only: an `output` of x.npz is refused up front instead of holding
-    safetensors bytes under an .npz name."""
+FORMATS = ["npz", "pt", pytest.param("parquet", marks=pytest.mark.skipif(
+    importlib.util.find_spec("pyarrow") is None, reason="pyarrow (the parquet extra) is not installed"))]
+
+
+def _first_rows(job: dict, n: int) -> Path:
+    """A manifest of the job's first `n` rows (all good: the first bad row is row 7)."""
+    lines = (job["dir"] / "manifest.csv").read_text().splitlines()
+    path = job["dir"] / f"first{n}.csv"
+    path.write_text("\n".join(lines[: n + 1]) + "\n")
+    return path
+
+
+def _flat(path: Path) -> dict:
+    """Every tensor of an output in any format, as float64 with one row per RoI (Parquet stores the
+    boxes as columns and the pooled tensor as one list per row: the same numbers)."""
+    rows, _, tensors = describe(str(path), values=True)
+    n = {r["key"]: r["shape"][0] if r["shape"] else 1 for r in rows}
+    return {k: t.double().reshape(n[k], -1) for k, t in tensors.items() if t.numel()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_format_is_what_align_writes_and_resumes(job, monkeypatch, fmt):
+    """Issue 12 item 3: batch writes every format through align's writers, and resume reads each
+    format's metadata back: complete and same record -> skipped, truncated or stale -> redone."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    manifest = _first_rows(job, 4)
+    s = _summary(_cli("batch", str(manifest), "-o", "out", "--format", fmt, "--json"))
+    assert (s["done"], s["failed"]) == (4, 0)
+    for features, rois, _, stride in job["items"][:4]:
+        stem = Path(features).stem
+        extra = ["--stride", stride] if stride else []
+        one = _cli("align", str(d / features), str(d / rois), "-o", f"single.{fmt}", "-q", *extra)
+        assert one.exit_code == 0, one.output
+        single, batched = describe(f"single.{fmt}", values=True), describe(f"out/{stem}.{fmt}", values=True)
+        record = batched[1].pop("roicli_batch")
+        assert isinstance(record, dict) and record["inputs"][0][0] == str(d / features)  # native, not JSON text
+        assert single[0] == batched[0] and single[1] == batched[1]
+        assert all(torch.equal(single[2][k], batched[2][k]) for k in single[2])
+    s = _summary(_cli("batch", str(manifest), "-o", "out", "--format", fmt, "--json"))
+    assert (s["done"], s["skipped"]) == (0, 4)
+    whole, before = (d / "out" / f"f00.{fmt}").read_bytes(), _flat(d / "out" / f"f00.{fmt}")
+    (d / "out" / f"f00.{fmt}").write_bytes(whole[: len(whole) - 9])  # truncated
+    os.utime(d / "feats" / "f01.safetensors", ns=(10**18, 10**18))  # an input changed since
+    s = _summary(_cli("batch", str(manifest), "-o", "out", "--format", fmt, "--json"))
+    assert (s["done"], s["skipped"]) == (2, 2)
+    assert s["redo_reasons"] == {"incomplete or unreadable": 1, "inputs changed": 1}
+    assert _flat(d / "out" / f"f00.{fmt}")["pooled"].equal(before["pooled"])  # whole again
+
+
+def test_an_output_column_chooses_its_format_and_bad_extensions_are_refused(tmp_path: Path):
+    """Issue 12 item 3: an `output` of x.pt is a .pt file (loadable with weights_only) beside the
+    job's default format; an extension roicli does not write is refused up front."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    row = {"features": str(samples / "feats.safetensors"), "rois": str(samples / "rois.json")}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({**row, "output": "x.pt"}) + "\n" + json.dumps(row) + "\n")
+    assert _cli("batch", str(manifest), "-o", str(tmp_path / "out"), "-q").exit_code == 0
+    pt = torch.load(tmp_path / "out" / "x.pt", weights_only=True)
+    st = load_file(tmp_path / "out" / "feats.safetensors")
+    assert torch.equal(pt["pooled"], st["pooled"]) and pt["metadata"]["roicli_batch"]["options"]["op"] == "align"
+    manifest.write_text(json.dumps({**row, "output": "x.txt"}) + "\n")
+    res = _cli("batch", str(manifest), "-o", str(tmp_path / "out2"))
+    assert res.exit_code == 1 and "'x.txt'" in res.stderr and ".npz" in res.stderr and ".parquet" in res.stderr
+    assert not (tmp_path / "out2" / "x.txt").exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_shards_in_each_format_hold_the_same_rows(job, monkeypatch, fmt):
+    """Issue 12 item 3: shards use the same writers; a run in another format redoes the items (reason
+    "format changed") and removes the shards of the old format once the new index is written."""
+    d = job["dir"]
+    monkeypatch.chdir(d)
+    manifest = _first_rows(job, 6)
+    assert _cli("batch", str(manifest), "-o", "st", "--shard-rois", "7", "-q").exit_code == 0
+    s = _summary(_cli("batch", str(manifest), "-o", "other", "--shard-rois", "7", "--format", fmt, "--json"))
+    assert (s["done"], s["failed"]) == (6, 0)
+    index = {name: [json.loads(x) for x in (d / name / "index.jsonl").read_text().splitlines()]
+             for name in ("st", "other")}  # fmt: skip
+    assert [(r["item"], r["id"], r["row"]) for r in index["st"]] == [
+        (r["item"], r["id"], r["row"]) for r in index["other"]
+    ]
+    assert all(r["shard"].endswith("." + fmt) for r in index["other"])
+    for a, b in zip(index["st"], index["other"]):
+        sa, sb = _flat(d / "st" / a["shard"]), _flat(d / "other" / b["shard"])
+        assert torch.equal(sa["pooled"][a["row"]], sb["pooled"][b["row"]])
+        assert int(sb["items"][b["row"]]) == b["item"]
+    s = _summary(_cli("batch", str(manifest), "-o", "other", "--shard-rois", "7", "--format", fmt, "--json"))
+    assert s["skipped"] == 6
+    s = _summary(_cli("batch", str(manifest), "-o", "other", "--shard-rois", "7", "--json"))
+    assert (s["done"], s["redo_reasons"]) == (6, {"format changed": 6})
+    assert not list((d / "other").glob(f"shard-*.{fmt}"))
+    now = [json.loads(x) for x in (d / "other" / "index.jsonl").read_text().splitlines()]
+    assert len(now) == len(index["st"]) and all(r["shard"].endswith(".safetensors") for r in now)
+
+
+def test_batch_takes_max_image_pixels(tmp_path: Path):
+    """Issue 12: batch has align's --max-image-pixels (the 320x256 scene is 81,920 px); the limit does
+    not enter the batch record (it changes no output byte)."""
     samples = Path(__file__).resolve().parents[1] / "samples"
     manifest = tmp_path / "m.jsonl"
-    row = {"features": str(samples / "feats.safetensors"), "rois": str(samples / "rois.json"), "output": "x.npz"}
-    manifest.write_text(json.dumps(row) + "\n")
-    res = _cli("batch", str(manifest), "-o", str(tmp_path / "out"))
-    assert res.exit_code == 1 and "must end in .safetensors" in res.stderr and "'x.npz'" in res.stderr
-    assert not (tmp_path / "out" / "x.npz").exists()
+    manifest.write_text(json.dumps({"features": str(samples / "scene.png"), "boxes": [[8, 8, 120, 90]]}) + "\n")
+    out = str(tmp_path / "out")
+    res = _cli("batch", str(manifest), "-o", out, "--max-image-pixels", "1000", "-q")
+    assert res.exit_code == 1
+    error = json.loads((tmp_path / "out" / "errors.jsonl").read_text())["error"]
+    assert "limit of 1,000" in error and "max_image_pixels" in error
+    assert _cli("batch", str(manifest), "-o", out, "--max-image-pixels", "81920", "-q").exit_code == 0
+    s = _summary(_cli("batch", str(manifest), "-o", out, "--json"))
+    assert s["skipped"] == 1

@@ -403,6 +403,7 @@ def batch(
     features: str | None = None,
     rois: str | None = None,
     op: str = "align",
+    format: str = "safetensors",
     shard_rois: int | None = None,
     workers: int = 0,
     resume: bool = True,
@@ -417,18 +418,22 @@ def batch(
 ) -> dict:
     """Pool many items in one job (`roicli batch`): a manifest (CSV or JSON Lines; `-` is stdin), or
     `features` (a glob) with `rois` (a template such as `rois/{stem}.json`). Writes one output per
-    item (or shards of about `shard_rois` RoIs) under `outdir`; returns the summary. Op parameters
-    the chosen op does not take are refused (`sampling_ratio=2` with `op="pool"`)."""
+    item (or shards of about `shard_rois` RoIs) under `outdir`; returns the summary. `format`
+    (safetensors, npz, pt or parquet) is the shards' format and that of the outputs the manifest does
+    not name (an `output` column's extension chooses its own). Op parameters the chosen op does not
+    take are refused (`sampling_ratio=2` with `op="pool"`)."""
     from roicli.io.inputs import read_input
     from roicli.io.manifest import items_from_glob, read_manifest
+    from roicli.io.writers import check_writable
     from roicli.jobs import BatchConfig, run_batch
 
     if not outdir:
         raise UsageError("{outdir}: give the output folder", param="outdir")
     s = spec(op, **options)
+    suffix = "." + str(format).lower().lstrip(".")
     cfg = BatchConfig(
         s, Path(outdir), shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine,
-        address=address, fsync=fsync, strict=strict,
+        address=address, fsync=fsync, strict=strict, shard_format=suffix,
     )  # fmt: skip
     if (manifest is None) == (features is None):
         raise UsageError(
@@ -438,7 +443,9 @@ def batch(
         raise UsageError("{features} needs {rois}, e.g. {rois} 'rois/{stem}.json'", param=("features", "rois"))
     if manifest is not None:
         base = Path.cwd() if manifest == "-" else Path(manifest).parent
-        items = read_manifest(read_input(manifest), "stdin" if manifest == "-" else manifest, base)
+        items = read_manifest(read_input(manifest), "stdin" if manifest == "-" else manifest, base, suffix)
     else:
-        items = items_from_glob(features, rois)
+        items = items_from_glob(features, rois, suffix)
+    for fmt in {suffix} if shard_rois else {Path(it.output).suffix.lower() for it in items}:
+        check_writable(fmt)  # before any work: Parquet without pyarrow
     return run_batch(items, cfg, progress, notice)

@@ -49,13 +49,13 @@ import torch
 import roicli
 from roicli.errors import EngineError, OutputError, RoicliError, Terminated, UsageError
 from roicli.io.features import is_image_path
-from roicli.io.header import read_complete_header
 from roicli.io.manifest import Item
 from roicli.io.output import temp_target, write_output
-from roicli.io.safetensors_io import dump_parts
+from roicli.io.readers import complete_metadata
+from roicli.io.writers import SUFFIXES, encode, format_of
 from roicli.pipeline import PoolSpec, pool_job
 
-_SHARD = re.compile(r"^shard-(\d{5})\.(safetensors|index\.jsonl)$")
+_SHARD = re.compile(r"^shard-(\d{5})(" + "|".join(map(re.escape, (*SUFFIXES, ".index.jsonl"))) + ")$")
 LOCK_NAME = ".roicli-batch.lock"
 STAMP_KEY = "roicli_batch"  # the output metadata key that resume verifies
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
@@ -73,6 +73,7 @@ class BatchConfig:
     address: str | None = None
     fsync: bool = False  # durable against power cuts, at ~2x the write time
     strict: bool = False  # zero-size or inverted boxes fail the item instead of a warning
+    shard_format: str = ".safetensors"  # a suffix of io.writers.SUFFIXES
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "stop"):
@@ -85,6 +86,9 @@ class BatchConfig:
             raise UsageError(f"{{workers}}: expected 0 (auto) or more, got {self.workers}", param="workers")
         if self.address is not None and self.engine != "ray":
             raise UsageError("{address}: applies to {engine} ray only", param=("address", "engine"))
+        if self.shard_format not in SUFFIXES:
+            raise UsageError(f"{{format}}: expected one of {', '.join(SUFFIXES)}, got {self.shard_format!r}",
+                             param="format")
 
 
 def usable_cores() -> int:
@@ -127,10 +131,15 @@ def _file_stamp(path: str) -> list:
 
 
 def stamp(item: Item, spec: PoolSpec) -> dict:
-    """What an output is made from: the options that change its bytes (not `chunk_size`), roicli's
-    version, and each input file's path, size and mtime (inline boxes: their SHA-256)."""
+    """What an output is made from: the options that change its bytes (not `chunk_size` nor
+    `max_image_pixels`), roicli's version, and each input file's path, size and mtime (inline boxes:
+    their SHA-256)."""
     s = item_spec(item, spec)
-    options = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items() if k != "chunk_size"}
+    options = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(s).items()
+        if k not in ("chunk_size", "max_image_pixels")
+    }
     options["roicli_version"] = roicli.__version__
     inputs = [_file_stamp(item.features)]
     if item.rois_text is None:
@@ -139,23 +148,28 @@ def stamp(item: Item, spec: PoolSpec) -> dict:
         inputs.append(["boxes", "sha256:" + hashlib.sha256(item.rois_text.encode()).hexdigest()])
     if s.backbone != "builtin" and is_image_path(item.features):
         inputs.append(_file_stamp(s.backbone))
-    return json.loads(_dumps_stamp({"options": options, "inputs": inputs}))  # as it reads back from a file
-
-
-def _dumps_stamp(st: dict) -> str:
-    return json.dumps(st, sort_keys=True, separators=(",", ":"), default=str)
+    st = {"options": options, "inputs": inputs}
+    return json.loads(json.dumps(st, sort_keys=True, default=str))  # as it reads back from a file
 
 
 def verify(path: Path, expected: dict) -> str | None:
     """None when `path` is a complete output made from `expected` (a `stamp`), else why not."""
-    header = read_complete_header(path)
-    if header is None:
+    metadata = complete_metadata(path)
+    if metadata is None:
         return "incomplete or unreadable"
-    try:
-        found = json.loads(header.metadata[STAMP_KEY])
-    except (KeyError, TypeError, ValueError):
-        return "no batch record"
-    return _compare(found, expected)
+    found = _record(metadata)
+    return "no batch record" if found is None else _compare(found, expected)
+
+
+def _record(metadata: dict) -> dict | None:
+    """The `roicli_batch` record of an output's metadata: native, or JSON text in safetensors."""
+    found = metadata.get(STAMP_KEY)
+    if isinstance(found, str):
+        try:
+            found = json.loads(found)
+        except ValueError:
+            return None
+    return found if isinstance(found, dict) else None
 
 
 def _compare(found: dict, expected: dict) -> str | None:
@@ -183,8 +197,8 @@ def run_item(item: Item, spec: PoolSpec, outdir: str | None, fsync: bool = False
         status = {"index": item.index, "ok": True, "rois": result.summary["rois"], "warnings": result.warnings()}
         if outdir is None:
             return {**status, "tensors": result.tensors, "metadata": result.metadata, "stamp": st}
-        result.metadata[STAMP_KEY] = _dumps_stamp(st)
-        write_output(str(Path(outdir) / item.output), dump_parts(result.tensors, result.metadata), fsync)
+        result.metadata[STAMP_KEY] = st
+        write_output(str(Path(outdir) / item.output), result.encode(format_of(item.output)), fsync)
         return status
     except RoicliError as e:
         return {"index": item.index, "ok": False, "error": str(e), "disk_full": _is_disk_full(e)}
@@ -618,9 +632,9 @@ def remove_stale_temp_files(outdir: Path, outputs: set[str]) -> int:
 
 def shard_tensors(items: list[tuple[int, dict]]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
     """A shard's tensors from its items' outputs, `pooled` as the list of the items' own tensors
-    (streamed by `dump_parts`: no joined copy of the shard in memory). `items` (Tensor[R] int64,
-    each row's item), `pooled` (Tensor[R, C, PH, PW]), `rois` (Tensor[R, 5] float64); R = the items'
-    RoIs together."""
+    (streamed by a safetensors writer: no joined copy of the shard in memory). `items` (Tensor[R]
+    int64, each row's item), `pooled` (Tensor[R, C, PH, PW]), `rois` (Tensor[R, 5] float64); R = the
+    items' RoIs together."""
     return {
         "items": torch.cat([torch.full((t["pooled"].shape[0],), i, dtype=torch.int64) for i, t in items]),
         "pooled": [t["pooled"] for _, t in items],
@@ -629,15 +643,17 @@ def shard_tensors(items: list[tuple[int, dict]]) -> dict[str, torch.Tensor | lis
 
 
 class ShardWriter:
-    """Buffers items' tensors and writes `shard-NNNNN.safetensors` of about `size` RoIs each, with
+    """Buffers items' tensors and writes `shard-NNNNN.<format>` of about `size` RoIs each, with
     `shard-NNNNN.index.jsonl` beside it (written after the shard: a shard counts once both exist).
 
-    Memory: the buffered items' tensors, about one shard's bytes; the shard is written from them
-    without a joined copy. `index.jsonl` lists every (item, id) once: from the newest valid shard holding the
-    item; shards no longer listed are removed after the index is written."""
+    Memory: the buffered items' tensors, about one shard's bytes; a safetensors shard is written from
+    them without a joined copy (the other formats join them first). `index.jsonl` lists every
+    (item, id) once: from the newest valid shard holding the item; shards no longer listed are
+    removed after the index is written."""
 
-    def __init__(self, outdir: Path, size: int, items: dict[int, Item], fsync: bool = False):
-        self.outdir, self.size, self.items, self.fsync = outdir, size, items, fsync
+    def __init__(self, outdir: Path, size: int, items: dict[int, Item], fsync: bool = False,
+                 fmt: str = ".safetensors"):  # fmt: skip
+        self.outdir, self.size, self.items, self.fsync, self.fmt = outdir, size, items, fsync, fmt
         self.buffer: list[dict] = []
         self.rois = 0
         numbers = [int(m.group(1)) for m in map(_SHARD.match, os.listdir(outdir)) if m]
@@ -645,33 +661,36 @@ class ShardWriter:
         self.valid: dict[int, str] = {}  # item -> the newest verified shard holding it
 
     def scan(self, stamps: dict[int, dict], overwrite: bool) -> tuple[set[int], Counter]:
-        """The items of this job whose rows in an existing shard are verified (a complete shard
-        whose record for the item matches its stamp), and why the others found there are redone.
-        Items of other jobs (indexes beyond this manifest) keep their newest complete shard."""
+        """The items of this job whose rows in an existing shard are verified (a complete shard in
+        this job's format whose record for the item matches its stamp), and why the others found
+        there are redone. Items of other jobs (indexes beyond this manifest) keep their newest
+        complete shard."""
         reasons: Counter = Counter()
         why_not: dict[int, str] = {}
         for name in sorted(n for n in os.listdir(self.outdir) if n.endswith(".index.jsonl") and _SHARD.match(n)):
-            shard = name.replace(".index.jsonl", ".safetensors")
-            header = read_complete_header(self.outdir / shard)
             try:
                 rows = [json.loads(line) for line in (self.outdir / name).read_text().splitlines() if line.strip()]
                 in_shard = {int(r["item"]) for r in rows}
+                shard = str(rows[0]["shard"]) if rows else ""
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not ours to read; removed at the end of a complete run
-            try:
-                records = json.loads(header.metadata[STAMP_KEY])["items"] if header else None
-            except (KeyError, TypeError, ValueError):
-                records = {}
+            if _SHARD.match(shard) is None or shard.endswith(".index.jsonl"):
+                continue
+            metadata = complete_metadata(self.outdir / shard)
+            records = None if metadata is None else (_record(metadata) or {}).get("items", {})
             for i in in_shard:
                 if i not in stamps:
-                    if header is not None:
+                    if metadata is not None:
                         self.valid[i] = shard
                     continue
                 if overwrite:
                     continue
-                why = "incomplete or unreadable" if records is None else (
-                    "no batch record" if str(i) not in records else _compare(records[str(i)], stamps[i])
-                )
+                if records is None:
+                    why = "incomplete or unreadable"
+                elif not shard.endswith(self.fmt):
+                    why = "format changed"
+                else:
+                    why = "no batch record" if str(i) not in records else _compare(records[str(i)], stamps[i])
                 if why is None:
                     self.valid[i] = shard
                 else:
@@ -701,33 +720,28 @@ class ShardWriter:
         if not self.buffer:
             return
         name = f"shard-{self.next:05d}"
+        shard = name + self.fmt
         drop = ("features", "rois", "ids", "labels", "count", "keys", "image_size", "spatial_scale",
                 "spatial_scale_source")
         meta = {k: v for k, v in self.buffer[0]["metadata"].items() if k not in drop}
-        meta["items"] = json.dumps([self.items[r["index"]].output for r in self.buffer])
-        meta[STAMP_KEY] = _dumps_stamp({"items": {str(r["index"]): r["stamp"] for r in self.buffer}})
-        parts = dump_parts(shard_tensors([(r["index"], r["tensors"]) for r in self.buffer]), meta)
-        write_output(str(self.outdir / f"{name}.safetensors"), parts, self.fsync)
+        meta["items"] = [self.items[r["index"]].output for r in self.buffer]
+        meta[STAMP_KEY] = {"items": {str(r["index"]): r["stamp"] for r in self.buffer}}
+        ids = [rid for r in self.buffer for rid in r["metadata"]["ids"]]
+        tensors = shard_tensors([(r["index"], r["tensors"]) for r in self.buffer])
+        parts = encode(tensors, meta, self.fmt, {"ids": ids})
+        del tensors
+        write_output(str(self.outdir / shard), parts, self.fsync)
         del parts
         lines = []
         row = 0
         for r in self.buffer:
+            output = self.items[r["index"]].output
             for rid in r["metadata"]["ids"]:
-                lines.append(
-                    json.dumps(
-                        {
-                            "item": r["index"],
-                            "output": self.items[r["index"]].output,
-                            "id": rid,
-                            "shard": f"{name}.safetensors",
-                            "row": row,
-                        }
-                    )
-                )
+                lines.append(json.dumps({"item": r["index"], "output": output, "id": rid, "shard": shard, "row": row}))
                 row += 1
         write_output(str(self.outdir / f"{name}.index.jsonl"), ("\n".join(lines) + "\n").encode(), self.fsync)
         for r in self.buffer:
-            self.valid[r["index"]] = f"{name}.safetensors"
+            self.valid[r["index"]] = shard
         self.buffer, self.rois, self.next = [], 0, self.next + 1
 
     def finish(self) -> None:
@@ -737,14 +751,15 @@ class ShardWriter:
         keep = set(self.valid.values())
         lines = []
         for shard in sorted(keep):
-            index = shard.replace(".safetensors", ".index.jsonl")
+            index = _SHARD.match(shard).expand(r"shard-\1.index.jsonl")
             for line in (self.outdir / index).read_text().splitlines():
                 if line.strip() and self.valid.get(json.loads(line)["item"]) == shard:
                     lines.append(line + "\n")
         write_output(str(self.outdir / "index.jsonl"), "".join(lines).encode(), self.fsync)
+        kept = {_SHARD.match(shard).group(1) for shard in keep}
         for name in os.listdir(self.outdir):
             m = _SHARD.match(name)
-            if m and f"shard-{m.group(1)}.safetensors" not in keep:
+            if m and m.group(1) not in kept:
                 with contextlib.suppress(OSError):
                     (self.outdir / name).unlink()
 
@@ -828,7 +843,7 @@ def _run_locked(items: list[Item], cfg: BatchConfig, outdir: Path, progress) -> 
     spec = _absolute_spec(cfg.spec)
     by_index = {it.index: it for it in items}
     stamps = {it.index: stamp(it, spec) for it in items}
-    writer = ShardWriter(outdir, cfg.shard_rois, by_index, cfg.fsync) if cfg.shard_rois else None
+    writer = ShardWriter(outdir, cfg.shard_rois, by_index, cfg.fsync, cfg.shard_format) if cfg.shard_rois else None
     reasons: Counter = Counter()
     if writer:
         done, reasons = writer.scan(stamps, cfg.overwrite)

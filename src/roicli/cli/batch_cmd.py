@@ -57,6 +57,15 @@ def batch(
     dtype: opt.Dtype = None,
     canonical_size: opt.CanonicalSize = 224,
     canonical_level: opt.CanonicalLevel = 4,
+    max_image_pixels: opt.MaxImagePixels = None,
+    output_format: Annotated[
+        Literal["safetensors", "npz", "pt", "parquet"],
+        typer.Option(
+            "--format",
+            help="Format of the shards and of the outputs the manifest does not name (an 'output' column's "
+            "extension chooses its own). parquet needs the extra: pip install 'roicli[parquet]'.",
+        ),
+    ] = "safetensors",
     shard_rois: Annotated[
         int | None,
         typer.Option(
@@ -138,8 +147,8 @@ def batch(
                 stderr().print(f"Notice: {text}", markup=False, soft_wrap=True)
 
         summary = api.batch(
-            manifest, outdir, features=features_glob, rois=rois_template, progress=tick, notice=notice, **options,
-            **op_params,
+            manifest, outdir, features=features_glob, rois=rois_template, format=output_format, progress=tick,
+            notice=notice, **options, **op_params,
         )  # fmt: skip
     seconds = time.perf_counter() - t0
     summary.update(
@@ -186,9 +195,11 @@ _OP_PARAMS = [
                       annotation=opt.op_option(takers[0][1], None, help=_batch_help(name, takers)))
     for name, takers in registry.shared_params().items()
 ]  # fmt: skip
-_API_OPTIONS = ("op", "output_size", "spatial_scale", "stride", "key", "backbone", "box_format", "rois_format",
-                "device", "dtype", "canonical_size", "canonical_level", "shard_rois", "workers", "resume", "on_error",
-                "fsync", "engine", "address", "strict", "chunk_size")  # fmt: skip
+_API_OPTIONS = (
+    "op", "output_size", "spatial_scale", "stride", "key", "backbone", "box_format", "rois_format", "device",
+    "dtype", "canonical_size", "canonical_level", "max_image_pixels", "shard_rois", "workers", "resume",
+    "on_error", "fsync", "engine", "address", "strict", "chunk_size",
+)
 
 
 def _with_op_params(fn):

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from roicli.errors import InputError
 
 # Larger images are refused before they are decoded (a "decompression bomb" is a small file that
-# decodes to gigabytes); --max-image-pixels raises the limit.
+# decodes to gigabytes); `max_image_pixels` (--max-image-pixels) raises the limit.
 MAX_PIXELS = 100_000_000
 # Peak bytes per pixel while decoding: pillow's RGB copy, numpy's float32 copy and the tensor.
 DECODE_BYTES_PER_PIXEL = 3 + 12 + 12
@@ -48,7 +48,8 @@ def _open(path: str, max_pixels: int | None):
             if w * h > limit:
                 raise InputError(
                     f"{path}: image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
-                    "(a guard against decompression bombs); --max-image-pixels N raises it"
+                    "(a guard against decompression bombs); {max_image_pixels} N raises it",
+                    param="max_image_pixels",
                 )
             yield im
     finally:

@@ -3,7 +3,8 @@ a glob of feature files and a template for their RoI files.
 
 Columns / keys: `features` (required: a .safetensors file or an image); `rois` (a RoI file) or `boxes`
 (the RoIs inline, as JSON: a list in any form `roicli align` reads); optional `output` (the output's
-file name, default `<features stem>.safetensors`) and per-item overrides `spatial_scale`, `stride`,
+file name; its extension picks the format, as for `roicli align -o`; default `<features stem>` plus
+the job's format, `.safetensors` unless told otherwise) and per-item overrides `spatial_scale`, `stride`,
 `key`. Relative paths are relative to the manifest's folder (to the current folder for stdin), and
 are made absolute here, in the driver: every worker (a Ray node included) reads the same files, and an
 item's output does not depend on how its paths were written.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roicli.errors import InputError, UsageError
+from roicli.io.writers import SUFFIXES
 
 _OVERRIDES = ("spatial_scale", "stride")
 _RESERVED = ("errors.jsonl", "warnings.jsonl", "index.jsonl")  # what `roicli batch` writes beside the outputs
@@ -35,7 +37,8 @@ class Item:
     overrides: dict  # spatial_scale / stride / key for this item
 
 
-def read_manifest(text: str, source: str, base: Path) -> list[Item]:
+def read_manifest(text: str, source: str, base: Path, suffix: str = ".safetensors") -> list[Item]:
+    """The items of a manifest; `suffix`: the format of outputs the manifest does not name."""
     stripped = text.lstrip()
     if not stripped:
         raise InputError(f"{source}: the manifest is empty")
@@ -55,12 +58,12 @@ def read_manifest(text: str, source: str, base: Path) -> list[Item]:
             if None in r:
                 raise InputError(f"{source}: row {n} (line {reader.line_num}): more fields than the header has")
             rows.append((f"{source}: row {n} (line {reader.line_num})", {k.strip(): v for k, v in r.items()}))
-    items = [_item(i, where, obj, base) for i, (where, obj) in enumerate(rows)]
+    items = [_item(i, where, obj, base, suffix) for i, (where, obj) in enumerate(rows)]
     _check_unique(items, source)
     return items
 
 
-def _item(index: int, where: str, obj: dict, base: Path) -> Item:
+def _item(index: int, where: str, obj: dict, base: Path, suffix: str) -> Item:
     features = obj.get("features")
     if not features:
         raise InputError(f"{where}: field 'features' is missing or empty")
@@ -87,12 +90,9 @@ def _item(index: int, where: str, obj: dict, base: Path) -> Item:
                 raise InputError(f"{where}: field {name!r} must be positive, got {v!r}")
     if obj.get("key") not in (None, ""):
         overrides["key"] = str(obj["key"])
-    output = str(obj.get("output") or "") or Path(features).stem + ".safetensors"
-    if Path(output).suffix.lower() != ".safetensors":  # resume reads safetensors headers; never a mislabelled file
-        raise InputError(
-            f"{where}: field 'output' must end in .safetensors (batch writes safetensors; roicli align -o "
-            f"writes .npz, .pt and .parquet), got {output!r}"
-        )
+    output = str(obj.get("output") or "") or Path(features).stem + suffix
+    if Path(output).suffix.lower() not in SUFFIXES:
+        raise InputError(f"{where}: field 'output' must end in {', '.join(SUFFIXES)}, got {output!r}")
     if Path(output).name != output or output.startswith(".") or output in _RESERVED or output.startswith("shard-"):
         raise InputError(
             f"{where}: field 'output' must be a plain file name, not hidden and not one of roicli's "
@@ -115,8 +115,9 @@ def _check_unique(items: list[Item], source: str) -> None:
         seen[it.output] = it.index
 
 
-def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
-    """`--features 'feats/*.safetensors' --rois 'rois/{stem}.json'` ({stem}, {name}, {parent})."""
+def items_from_glob(features_glob: str, rois_template: str, suffix: str = ".safetensors") -> list[Item]:
+    """`--features 'feats/*.safetensors' --rois 'rois/{stem}.json'` ({stem}, {name}, {parent}); each
+    output is `<stem>` plus `suffix`."""
     paths = sorted(glob.glob(features_glob, recursive=True))
     if not paths:
         raise UsageError(f"{{features}}: no file matches {features_glob!r}", param="features")
@@ -130,6 +131,6 @@ def items_from_glob(features_glob: str, rois_template: str) -> list[Item]:
                 f"{{rois}}: bad placeholder ({e}) in {rois_template!r}; use {{stem}}, {{name}}, {{parent}}",
                 param="rois",
             ) from None
-        items.append(Item(i, os.path.abspath(f), os.path.abspath(rois), None, p.stem + ".safetensors", {}))
+        items.append(Item(i, os.path.abspath(f), os.path.abspath(rois), None, p.stem + suffix, {}))
     _check_unique(items, features_glob)
     return items

@@ -10,7 +10,9 @@
 
 Every writer returns the file as buffers for `io.output.write_outputs`, which writes them atomically.
 The tensors are `pooled [K, C, PH, PW]`, `rois [K, 5]` and, when present, `ids [K]`, `levels [K]`,
-`scores [K]`; metadata values are str, int, float, bool or lists of them.
+`scores [K]` and other per-RoI columns (`items [K]` in batch shards); a value may also be a list of
+tensors to store joined along dim 0 (safetensors streams them piece by piece; the other formats join
+them first). Metadata values are str, int, float, bool, None, or lists and dicts of them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def format_of(path: str) -> str:
 def encode(tensors: dict, metadata: dict, fmt: str, table: dict | None = None) -> list:
     """The file in `fmt` (an extension from SUFFIXES) as buffers to write one after another.
     `table`: per-RoI columns for Parquet (ids, labels as lists)."""
+    if fmt != ".safetensors" and any(isinstance(t, list) for t in tensors.values()):
+        import torch
+
+        tensors = {k: torch.cat(t) if isinstance(t, list) else t for k, t in tensors.items()}
     return _WRITERS[fmt](tensors, metadata, table or {})
 
 
@@ -103,6 +109,9 @@ def _parquet(tensors: dict, metadata: dict, table: dict) -> list:
         columns["level"] = pa.array(tensors["levels"].cpu().numpy())
     if "scores" in tensors:
         columns["score"] = pa.array(tensors["scores"].cpu().double().numpy())
+    for name, t in sorted(tensors.items()):  # other per-RoI columns, e.g. a shard's `items`
+        if name not in ("pooled", "rois", "ids", "levels", "scores") and t.dim() == 1 and len(t) == k:
+            columns[name] = pa.array(t.cpu().numpy())
     if table.get("labels") is not None:
         columns["label"] = pa.array([None if v is None else str(v) for v in table["labels"]])
     flat = pa.array(pooled.reshape(-1).numpy())

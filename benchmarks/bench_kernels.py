@@ -1,6 +1,7 @@
 """Time the kernel implementations of roicli's ops against torchvision and against the memory floor.
 
-    python benchmarks/bench_kernels.py [--workload NAME ...] [--threads 1 2] [--repeat 5] [--load] [--no-torch]
+    python benchmarks/bench_kernels.py [--workload NAME ...] [--op TEXT] [--threads 1 2] [--repeat 5] [--load]
+                                       [--no-torch]
 
 Rows call the kernel functions (`roicli.ops.kernels.cpp`, `.torch_ref`) directly, so the numbers are
 the kernels' own, without the front door. Every timing is paired with its baseline in one process,
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--load", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--no-torch", action="store_true", help="skip the pure-torch kernels (slow)")
+    parser.add_argument("--op", default="", help="only the rows whose op contains this text, e.g. 'roi_pool'")
     args = parser.parse_args(argv)
 
     cpp.load()  # build outside the timings
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = WORKLOADS[name](torch.Generator().manual_seed(0))
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                for row in rows:
+                for row in (r for r in rows if args.op in r.op):
                     _report(row, threads, args.repeat, not args.no_torch)
     finally:
         if busy is not None:

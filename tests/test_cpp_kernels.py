@@ -67,9 +67,9 @@ def test_roi_align_matches_reference(sampling_ratio, aligned, mode):
     assert out.shape == (9, 11, 3, 4) and out.dtype == torch.float64 and out.is_contiguous()
     assert_close(out, want, rtol=1e-12, atol=1e-12)
     if mode == "avg":
-        assert argmax.shape == (0,) and argmax.dtype == torch.long
+        assert argmax.shape == (0,) and argmax.dtype == torch.int32
     else:
-        assert argmax.shape == out.shape and argmax.dtype == torch.long
+        assert argmax.shape == out.shape and argmax.dtype == torch.int32
         assert (argmax == -1).sum() == 0 or sampling_ratio <= 0  # only adaptive grids can be empty
 
 

@@ -79,7 +79,7 @@ def _opcheck_samples():
         ("precise-half-channels-last", precise,
          (half.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True), r32, 0.5, 3, 3, True)),
         ("align-backward", torch.ops.roicli.roi_align_backward.default,
-         (torch.randn(4, 3, 2, 3, dtype=torch.float64), r, torch.empty(0, dtype=torch.long),
+         (torch.randn(4, 3, 2, 3, dtype=torch.float64), r, torch.empty(0, dtype=torch.int32),
           1.0, 2, 3, -1, True, "avg", 2, 3, 10, 12)),
         ("pool-backward", torch.ops.roicli.roi_pool_backward.default,
          (torch.randn(4, 3, 2, 3, dtype=torch.float64), r, pool(x.detach(), r, 1.0, 2, 3)[1], 1.0, 2, 3, 2, 3, 10, 12)),
@@ -289,3 +289,11 @@ def test_eager_errors_unchanged_and_double_backward_refused():
     (g,) = torch.autograd.grad(out, x, v, create_graph=True)
     with pytest.raises(Exception, match="double backward"):
         g.sum().backward()
+
+
+def test_roi_pool_refuses_a_plane_its_int32_argmax_cannot_index():
+    """roi_pool's argmax is int32 (torchvision's dtype): a map with H * W >= 2^31 is refused, before any read."""
+    huge = torch.zeros(1, dtype=torch.float32).expand(1, 1, 1 << 16, 1 << 15)  # 2^31 pixels, one element stored
+    rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
+    with pytest.raises(ValidationError, match=r"expected H \* W < 2\^31.*got 65536 x 32768"):
+        torch.ops.roicli.roi_pool.default(huge, rois, 1.0, 2, 2)

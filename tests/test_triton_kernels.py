@@ -121,9 +121,9 @@ def _check_roi_align(x, boxes, size, scale, sr, aligned, mode):
     assert out.is_contiguous() and out.shape == want.shape
     _close(out, want, x.dtype)
     if mode == "avg":
-        assert arg.dtype == torch.long and arg.shape == (0,)
+        assert arg.dtype == torch.int32 and arg.shape == (0,)
     else:
-        assert arg.shape == out.shape and arg.dtype == torch.long
+        assert arg.shape == out.shape and arg.dtype == torch.int32
     n, c, h, w = x.shape
     got_grad = tk.roi_align_backward(grad, rois, arg, scale, *size, sr, aligned, mode, n, c, h, w)
     assert got_grad.is_contiguous()
@@ -230,7 +230,7 @@ def _check_roi_pool(x, boxes, size, scale):
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE, x.dtype)
     want, want_grad = _grad_of(roi_pool, x, boxes, grad, size, scale)
     _close(out, want, x.dtype)
-    assert arg.shape == out.shape and arg.dtype == torch.long
+    assert arg.shape == out.shape and arg.dtype == torch.int32
     n, c, h, w = x.shape
     _close(tk.roi_pool_backward(grad, rois, arg, scale, *size, n, c, h, w), want_grad, x.dtype)
     return out, arg
@@ -374,7 +374,7 @@ def test_every_output_element_is_written(monkeypatch):
 # compiled for CUDA (no GPU needed) and the interpreter run
 # --------------------------------------------------------------------------------------------------
 _TRITON_TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
-                 torch.long: "i64"}
+                 torch.long: "i64", torch.int32: "i32"}
 
 
 class _Recorder:
@@ -436,7 +436,7 @@ def test_kernels_compile_for_cuda(monkeypatch):
             x = x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
         rois = as_rois(boxes, x)
         grad = torch.ones((1, c, 2, 1), dtype=dtype)
-        arg = torch.zeros((1, c, 2, 1), dtype=torch.long)
+        arg = torch.zeros((1, c, 2, 1), dtype=torch.int32)
         tk.roi_align_forward(x, rois, 0.5, 2, 1, sr, aligned, mode)
         tk.roi_align_backward(grad, rois, arg, 0.5, 2, 1, sr, aligned, mode, n, c, h, w)
         tk.roi_pool_forward(x, rois, 0.5, 2, 1)

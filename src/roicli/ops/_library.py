@@ -107,11 +107,15 @@ def _roi_align_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled
 
 def _roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
     check_values(rois, input.shape[0])
+    if input.shape[2] * input.shape[3] >= 2**31:  # the argmax h * W + w is int32, as torchvision's
+        raise ValidationError(
+            f"input: expected H * W < 2^31 (roi_pool's argmax is int32), got {input.shape[2]} x {input.shape[3]}"
+        )
     kernel = kernel_for(input.device)
     values = getattr(kernel, "roi_pool_values", None)
     if values is not None and getattr(_no_argmax, "active", False):
         out = values(input, rois, spatial_scale, pooled_height, pooled_width)
-        return out, out.new_full((), -1, dtype=torch.long).expand(out.shape)  # never read
+        return out, out.new_full((), -1, dtype=torch.int32).expand(out.shape)  # never read
     return kernel.roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
 
 
@@ -151,14 +155,14 @@ for _name, _fn in [
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, mode):
     _check_mode(mode)
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    argmax = input.new_empty(shape if mode == "max" else (0,), dtype=torch.long)
+    argmax = input.new_empty(shape if mode == "max" else (0,), dtype=torch.int32)
     return input.new_empty(shape), argmax
 
 
 @_register_fake("roicli::roi_pool", lib=_lib)
 def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
     shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.long)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
 
 @_register_fake("roicli::precise_roi_pool", lib=_lib)

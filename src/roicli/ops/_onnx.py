@@ -112,13 +112,13 @@ def onnx_translation_table() -> dict[Callable, Callable]:
             spatial_scale=spatial_scale, output_height=pooled_height, output_width=pooled_width,
             sampling_ratio=max(sampling_ratio, 0), mode="avg",
         )
-        return out, op.Slice(op.Constant(value_ints=[0]), [0], [0])  # mode "avg" has an empty argmax
+        return out, op.Cast(op.Slice(op.Constant(value_ints=[0]), [0], [0]), to=6)  # mode "avg": empty int32 argmax
 
     def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
         out = op.MaxRoiPool(
             input, op.CastLike(rois, input), pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale
         )
-        return out, op.Cast(out, to=7)  # argmax: only the backward reads it, and ONNX has none
+        return out, op.Cast(out, to=6)  # argmax (6: INT32): only the backward reads it, and ONNX has none
 
     def precise_roi_pool(*args, **kwargs):
         raise _unsupported("precise_roi_pool")

@@ -80,7 +80,7 @@ def pool_windows(
 def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True):
     """Max over each integer bin, and (with `with_arg`) its first row-major argmax.
 
-    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, C, PH, PW]` (int64) as
+    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, C, PH, PW]` (int32) as
     `h * W + w` inside the channel plane, like torchvision's (None without `with_arg`). Like
     torchvision's running max, which starts at -FLT_MAX and skips NaN, a bin whose elements are
     all -inf or NaN gives -FLT_MAX; it, and an empty bin (0), has no argmax: -1.
@@ -101,7 +101,7 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
     out = (torch.empty if every else torch.zeros)((k, c, ph * pw), dtype=input.dtype, device=dev)
     argmax = None
     if with_arg:
-        argmax = torch.empty((k, c, ph * pw), dtype=torch.long, device=dev)
+        argmax = torch.empty((k, c, ph * pw), dtype=torch.int32, device=dev)
         if not every:
             argmax.fill_(-1)
     carry = (roi, binn, b * (h * w))  # pixel (n, y, x) -> y * W + x inside its channel plane
@@ -109,7 +109,7 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
     for (r, p, offset), g, value, pixel in windows:
         if argmax is not None:
             found = value > -_FLT_MAX  # False for -inf (and NaN, which the tables hold as -inf)
-            argmax[r, g, p] = torch.where(found, pixel - offset[:, None], -1).long()
+            argmax[r, g, p] = torch.where(found, pixel - offset[:, None], -1).int()
         out[r, g, p] = value.clamp_min_(-_FLT_MAX).to(out.dtype)
     if argmax is not None:
         argmax = argmax.view(k, c, ph, pw)

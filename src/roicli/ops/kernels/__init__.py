@@ -12,14 +12,15 @@ reference bit for bit; float16/bfloat16 accumulate in float32. Outputs are conti
 
     roi_align_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
                       aligned, mode) -> (output Tensor[K, C, PH, PW], argmax)
-        argmax: mode "max": Tensor[K, C, PH, PW] int64, the winning sample of the bin as
+        argmax: mode "max": Tensor[K, C, PH, PW] int32, the winning sample of the bin as
         iy * IX + ix (IX the RoI's own samples per bin along x; the first max wins; -1 when the
-        bin has no sample); mode "avg": an empty int64 Tensor[0].
+        bin has no sample); mode "avg": an empty int32 Tensor[0].
     roi_align_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,
                        sampling_ratio, aligned, mode, batch_size, channels, height, width)
         -> grad_input Tensor[N, C, H, W]
     roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width) -> (output, argmax)
-        argmax: Tensor[K, C, PH, PW] int64, h * W + w inside the channel plane (torchvision's), -1
+        argmax: Tensor[K, C, PH, PW] int32 (torchvision's dtype; H * W < 2^31 is checked by the
+        front door), h * W + w inside the channel plane (torchvision's), -1
         for an empty bin (output 0 there); the first maximum in row-major order; NaN never wins
         and a bin of NaN/-inf only gives -FLT_MAX.
     roi_pool_backward(grad, rois, argmax, spatial_scale, pooled_height, pooled_width,

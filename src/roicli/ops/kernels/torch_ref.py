@@ -27,7 +27,7 @@ from roicli.ops.roi_pool import _pool_backward, _pool_forward
 
 
 def _no_argmax(device: torch.device) -> Tensor:
-    return torch.empty(0, dtype=torch.long, device=device)
+    return torch.empty(0, dtype=torch.int32, device=device)
 
 
 def _align_taps(rois: Tensor, spatial_scale, ph, pw, sampling_ratio, aligned, h, w):
@@ -50,7 +50,7 @@ def roi_align_forward(
     n, c, h, w = input.shape
     k, ph, pw = rois.shape[0], pooled_height, pooled_width
     if k == 0:
-        argmax = input.new_zeros((0, c, ph, pw), dtype=torch.long) if mode == "max" else _no_argmax(input.device)
+        argmax = input.new_zeros((0, c, ph, pw), dtype=torch.int32) if mode == "max" else _no_argmax(input.device)
         return input.new_zeros((0, c, ph, pw)), argmax
     ry, wy, gy, rx, wx, gx = _align_taps(rois, spatial_scale, ph, pw, sampling_ratio, aligned, h, w)
     base = rois[:, 0].long() * (h * w)  # [K]
@@ -61,7 +61,7 @@ def roi_align_forward(
     table = nhwc_table(input, compute_dtype(input.dtype))  # [N*H*W, C]
     iy, ix = ry.shape[2], rx.shape[2]
     if iy * ix == 0:  # every RoI has an empty grid (adaptive sampling of empty RoIs)
-        return input.new_zeros((k, c, ph, pw)), input.new_full((k, c, ph, pw), -1, dtype=torch.long)
+        return input.new_zeros((k, c, ph, pw)), input.new_full((k, c, ph, pw), -1, dtype=torch.int32)
     samples = separable_pool(
         table, w, base,
         ry.reshape(k, ph * iy, 2), wy.reshape(k, ph * iy, 2),
@@ -77,7 +77,7 @@ def roi_align_forward(
     out = value.masked_fill(empty, 0.0).permute(0, 3, 1, 2).to(input.dtype).contiguous()
     if sampling_ratio <= 0:  # index into the padded IY x IX grid -> iy * IX + ix with the RoI's own IX
         index = (index // ix) * gx[:, None, None, None] + index % ix
-    argmax = index.masked_fill_(empty, -1).permute(0, 3, 1, 2).contiguous()  # [K, C, PH, PW]
+    argmax = index.masked_fill_(empty, -1).permute(0, 3, 1, 2).to(torch.int32).contiguous()  # [K, C, PH, PW]
     return out, argmax
 
 
@@ -101,6 +101,7 @@ def roi_align_backward(
     iy, ix = ry.shape[2], rx.shape[2]  # padded grid
     if iy * ix == 0:
         return grad.new_zeros((n, c, h, w))
+    argmax = argmax.long()  # an index for scatter_
     won = argmax >= 0  # [K, C, PH, PW]
     if sampling_ratio > 0:  # every RoI has the padded grid: the index is already iy * IX + ix
         padded = argmax.clamp_min(0)

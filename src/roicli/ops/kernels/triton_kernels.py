@@ -210,7 +210,7 @@ def _roi_align_fwd(
     m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
     acc = tl.zeros((BC, BB), acc_t)
     best = tl.full((BC, BB), float("-inf"), acc_t)
-    arg = tl.full((BC, BB), -1, tl.int64)
+    arg = tl.full((BC, BB), -1, tl.int32)
     gh_t = gh.to(acc_t)
     gw_t = gw.to(acc_t)
     for iy in range(gh):
@@ -237,7 +237,7 @@ def _roi_align_fwd(
             if MAX_MODE:
                 take = (arg < 0) | (val > best) | ((val != val) & (best == best))
                 best = tl.where(take, val, best)
-                arg = tl.where(take, iy * gw + ix, arg)
+                arg = tl.where(take, (iy * gw + ix).to(tl.int32), arg)
             else:
                 acc += val
     o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]  # [BC, BB]
@@ -341,7 +341,7 @@ def _roi_pool_fwd(
     m2 = cmask[:, None] & bmask[None, :]  # [BC, BB]
     acc_t = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     best = tl.full((BC, BB), -_FLT_MAX, acc_t)
-    arg = tl.full((BC, BB), -1, tl.int64)
+    arg = tl.full((BC, BB), -1, tl.int32)
     for dy in range(tl.max(y_len, 0)):  # row-major scan with a strict '>': the first maximum wins
         y = y_start + dy  # [BB]
         row = plane + (y.to(tl.int64) * sH)[None, :]  # [BC, BB]
@@ -351,7 +351,7 @@ def _roi_pool_fwd(
             v = tl.load(x_ptr + row + (x.to(tl.int64) * sW)[None, :], mask=m, other=float("nan")).to(acc_t)
             take = v > best  # False for NaN (and for the masked-off lanes)
             best = tl.where(take, v, best)
-            arg = tl.where(take, (y * W + x).to(tl.int64)[None, :], arg)
+            arg = tl.where(take, (y * W + x).to(tl.int32)[None, :], arg)  # H * W < 2^31: checked
     empty = ((y_len <= 0) | (x_len <= 0))[None, :]
     o = (k.to(tl.int64) * C + chans.to(tl.int64))[:, None] * (PH * PW) + bins[None, :]  # [BC, BB]
     tl.store(out_ptr + o, tl.where(empty | ~m2, 0.0, best).to(out_ptr.dtype.element_ty), mask=m2)
@@ -502,7 +502,7 @@ def roi_align_forward(
     k = rois.shape[0]
     is_max = mode == "max"
     out = input.new_empty((k, c, pooled_height, pooled_width))  # the kernel writes every element
-    argmax = torch.empty(out.shape if is_max else (0,), dtype=torch.long, device=input.device)
+    argmax = torch.empty(out.shape if is_max else (0,), dtype=torch.int32, device=input.device)
     if out.numel() == 0 or input.numel() == 0:  # no launch: no samples anywhere
         return out.zero_(), argmax.fill_(-1)
     grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, c)
@@ -556,7 +556,7 @@ def roi_pool_forward(
     n, c, h, w = input.shape
     k = rois.shape[0]
     out = input.new_empty((k, c, pooled_height, pooled_width))  # the kernel writes every element
-    argmax = torch.empty(out.shape, dtype=torch.long, device=input.device)
+    argmax = torch.empty(out.shape, dtype=torch.int32, device=input.device)
     if out.numel() == 0 or input.numel() == 0:  # no launch: every bin is empty
         return out.zero_(), argmax.fill_(-1)
     grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, c)

@@ -424,8 +424,8 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
-  at::Tensor argmax = max_mode ? at::empty({k, c, ph, pw}, input.options().dtype(at::kLong))
-                               : at::empty({0}, input.options().dtype(at::kLong));
+  at::Tensor argmax = max_mode ? at::empty({k, c, ph, pw}, input.options().dtype(at::kInt))
+                               : at::empty({0}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
   ByImage<A> by(r, k, n);
@@ -434,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   const S* in = input.data_ptr<S>();
   const Planes st(input);
   S* o = out.data_ptr<S>();
-  int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
+  int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
   const int64_t bins = ph * pw;
   using V = Vec<A>;
   using M = Mask<A>;
@@ -443,12 +443,12 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
-    Scratch<int64_t, 2> sarg;
+    Scratch<int32_t, 2> sarg;
     const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
                                   : channel_block<S, A>(in, st, img, c0, cn, box,
                                                         sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
     A* res = sres.get(bins * CB);  // [PH * PW, CB]
-    int64_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
+    int32_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
     Scratch<Offs<A>, 3> soy;
     Scratch<Offs<A>, 4> sox;
     Scratch<int64_t, 5> sny;
@@ -498,14 +498,14 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
             }
           }
           vstore(acc, best);
-          for (int64_t j = 0; j < CB; ++j) arg[(y * pw + x) * CB + j] = int64_t(a[j]);
+          for (int64_t j = 0; j < CB; ++j) arg[(y * pw + x) * CB + j] = int32_t(a[j]);
         }
       }
       for (int64_t j = 0; j < cn; ++j) {
         S* dst = o + (roi * c + c0 + j) * bins;
         for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]);
         if (max_mode) {
-          int64_t* adst = am + (roi * c + c0 + j) * bins;
+          int32_t* adst = am + (roi * c + c0 + j) * bins;
           for (int64_t b = 0; b < bins; ++b) adst[b] = arg[b * CB + j];
         }
       }
@@ -547,7 +547,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
   const ByImage<A> by(r, k, n);
   const AlignAxis<A> ay(r, k, 2, scale, ph, sr, aligned, h), ax(r, k, 1, scale, pw, sr, aligned, w);
   const S* g = grad.data_ptr<S>();
-  const int64_t* am = max_mode ? argmax.data_ptr<int64_t>() : nullptr;
+  const int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
   using V = Vec<A>;
@@ -588,7 +588,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
           const A* gb = tile + (y * pw + x) * CB;
           const V gv = vload<V>(gb);
           if (max_mode) {  // each lane's gradient goes to the four taps of its winning sample
-            const int64_t* a = am + (roi * c + c0) * bins + y * pw + x;
+            const int32_t* a = am + (roi * c + c0) * bins + y * pw + x;
             for (int64_t j = 0; j < cn; ++j) {
               const int64_t s = a[j * bins];
               if (s < 0) continue;
@@ -659,8 +659,8 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
-  at::Tensor argmax = WithArg ? at::empty({k, c, ph, pw}, input.options().dtype(at::kLong))
-                              : at::empty({0}, input.options().dtype(at::kLong));
+  at::Tensor argmax = WithArg ? at::empty({k, c, ph, pw}, input.options().dtype(at::kInt))
+                              : at::empty({0}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
   ByImage<A> by(r, k, n);
@@ -669,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
   const S* in = input.data_ptr<S>();
   const Planes st(input);
   S* o = out.data_ptr<S>();
-  int64_t* am = WithArg ? argmax.data_ptr<int64_t>() : nullptr;
+  int32_t* am = WithArg ? argmax.data_ptr<int32_t>() : nullptr;
   const int64_t bins = ph * pw;
   using V = Vec<A>;
   using M = Mask<A>;
@@ -739,7 +739,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
         S* dst = o + (roi * c + c0 + j) * bins;
         for (int64_t b = 0; b < bins; ++b) dst[b] = S(res[b * CB + j]);
         if constexpr (WithArg) {
-          int64_t* adst = am + (roi * c + c0 + j) * bins;
+          int32_t* adst = am + (roi * c + c0 + j) * bins;
           for (int64_t b = 0; b < bins; ++b) adst[b] = arg[b * CB + j];
         }
       }
@@ -760,7 +760,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
   const ByImage<A> by(r, k, n);
   const PoolAxis<A> ay(r, k, 2, scale, ph, h), ax(r, k, 1, scale, pw, w);
   const S* g = grad.data_ptr<S>();
-  const int64_t* am = argmax.data_ptr<int64_t>();
+  const int32_t* am = argmax.data_ptr<int32_t>();
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
   for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
@@ -771,7 +771,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
       for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) {  // RoI, bin order: torchvision's sums
         const int64_t roi = by.order[i];
         for (int64_t j = 0; j < cn; ++j) {
-          const int64_t* a = am + (roi * c + c0 + j) * bins;
+          const int32_t* a = am + (roi * c + c0 + j) * bins;
           const S* gj = g + roi * sk + (c0 + j) * sc;
           S* plane = planes + j * h * w;
           for (int64_t b = 0; b < bins; ++b)
@@ -793,7 +793,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
       const int64_t roi = by.order[i];
       grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
       for (int64_t j = 0; j < cn; ++j) {
-        const int64_t* a = am + (roi * c + c0 + j) * bins;
+        const int32_t* a = am + (roi * c + c0 + j) * bins;
         for (int64_t b = 0; b < bins; ++b) {
           if (a[b] < 0) continue;
           const int64_t y = a[b] / w, x = a[b] % w;
@@ -1004,8 +1004,8 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, co
                               int64_t h, int64_t w) {
   check_rois(rois, grad.scalar_type());
   check_plane(h, w);
-  TORCH_CHECK(mode != 1 || (argmax.is_contiguous() && argmax.scalar_type() == at::kLong),
-              "roicli cpu kernels: expected a contiguous int64 argmax");
+  TORCH_CHECK(mode != 1 || (argmax.is_contiguous() && argmax.scalar_type() == at::kInt),
+              "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
   return dispatch(grad.scalar_type(), [&](auto s) {
     return align_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, sr, aligned, mode == 1, n, c, h, w);
   });
@@ -1032,8 +1032,8 @@ at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, con
                              int64_t ph, int64_t pw, int64_t n, int64_t c, int64_t h, int64_t w) {
   check_rois(rois, grad.scalar_type());
   check_plane(h, w);
-  TORCH_CHECK(argmax.is_contiguous() && argmax.scalar_type() == at::kLong,
-              "roicli cpu kernels: expected a contiguous int64 argmax");
+  TORCH_CHECK(argmax.is_contiguous() && argmax.scalar_type() == at::kInt,
+              "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
   return dispatch(grad.scalar_type(), [&](auto s) {
     return pool_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, n, c, h, w);
   });

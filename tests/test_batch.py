@@ -438,6 +438,37 @@ def test_workers_die_with_a_killed_driver(tmp_path):
     assert len(kids) >= 2 and _gone(kids) == []
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_reaper_ends_a_killed_drivers_descendants(tmp_path):
+    """Issue 9 item 19 (a local Ray started by the job): the reaper `start_reaper` spawns ends every
+    descendant of a driver killed outright, its grandchildren included, and nothing else."""
+    driver_code = (
+        "import subprocess, sys, time\n"
+        "from roicli.jobs import start_reaper\n"
+        "reaper = start_reaper()\n"
+        "sleeper = [sys.executable, '-c', 'import time; time.sleep(120)']\n"
+        "middle = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys; "
+        "p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); p.wait()', *sleeper], stdout=subprocess.PIPE)\n"
+        "print(reaper.pid, middle.pid, middle.stdout.readline().decode().strip(), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    driver = subprocess.Popen([sys.executable, "-c", driver_code], stdout=subprocess.PIPE)
+    try:
+        reaper, middle, grandchild = map(int, driver.stdout.readline().split())
+        deadline = time.monotonic() + 20  # the reaper polls every 0.5 s: wait until it has seen both
+        while time.monotonic() < deadline and not {middle, grandchild} <= set(_children(driver.pid)) | {grandchild}:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        driver.kill()
+        driver.wait(10)
+        assert _gone([middle, grandchild, reaper], 20) == [], (middle, grandchild, reaper)
+        assert bystander.poll() is None  # not a descendant: left alone
+    finally:
+        for p in (driver, bystander):
+            p.kill()
+
+
 def test_disk_full_is_recorded_and_ends_the_job_with_a_clear_message(job, monkeypatch):
     """Issue 9 items 9 and 21: a full disk in `batch` ends in a one-line message (not an internal
     error), with what failed in errors.jsonl and the complete outputs kept."""

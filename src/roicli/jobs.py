@@ -54,6 +54,7 @@ from roicli.io.output import temp_target, write_output
 from roicli.io.readers import complete_metadata
 from roicli.io.writers import SUFFIXES, encode, format_of
 from roicli.pipeline import PoolSpec, pool_job
+from roicli.reaper import proc_start
 
 _SHARD = re.compile(r"^shard-(\d{5})(" + "|".join(map(re.escape, (*SUFFIXES, ".index.jsonl"))) + ")$")
 LOCK_NAME = ".roicli-batch.lock"
@@ -351,44 +352,6 @@ def ray_output_to_log() -> Iterator[str]:
         os.close(fd)
 
 
-_REAPER = """
-import os, signal, sys, time
-
-driver, me = int(sys.argv[1]), os.getpid()
-
-
-def table():
-    kids = {}
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                st = open(f"/proc/{e}/stat").read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            kids.setdefault(int(st[1]), []).append((int(e), st[19]))
-    return kids
-
-
-seen = {}
-while os.getppid() == driver:
-    kids, todo = table(), [driver]
-    while todo:
-        for pid, start in kids.get(todo.pop(), []):
-            if pid != me and pid not in seen:
-                seen[pid] = start
-                todo.append(pid)
-    time.sleep(0.5)
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for pid, start in seen.items():
-        try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19] == start:
-                os.kill(pid, sig)
-        except (OSError, IndexError):
-            pass
-    time.sleep(1)
-"""
-
-
 def start_reaper() -> subprocess.Popen | None:
     """Linux: a small process that notes this process's descendants (Ray's head, raylet, agents,
     workers) and, should this process die without cleaning up (kill -9), ends them."""
@@ -396,7 +359,7 @@ def start_reaper() -> subprocess.Popen | None:
         return None
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _REAPER, str(os.getpid())],
+            [sys.executable, "-m", "roicli.reaper", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
     except OSError:
@@ -483,13 +446,6 @@ def _ray(
 # ----------------------------------------------------------------------------- the lock and stale files
 
 
-def _proc_start(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 class OutdirLock:
     """One run at a time per OUTDIR. The OS lock (flock) goes with its process, so a killed run never
     blocks the next one; the file says who holds it (pid, host, start time)."""
@@ -540,7 +496,7 @@ class OutdirLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "proc_start": _proc_start(os.getpid()),
+            "proc_start": proc_start(os.getpid()),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
@@ -603,7 +559,7 @@ def _alive(holder: dict) -> bool:
     except PermissionError:
         return True
     start = holder.get("proc_start")
-    return start is None or _proc_start(pid) in (None, start)  # a reused pid is not the holder
+    return start is None or proc_start(pid) in (None, start)  # a reused pid is not the holder
 
 
 def _describe(holder: dict | None) -> str:

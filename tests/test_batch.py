@@ -545,6 +545,34 @@ def test_workers_never_oversubscribe_the_cores(job, monkeypatch):
     assert used <= cores and cores - used < s["workers"]
 
 
+def test_one_process_never_runs_two_ops_at_once(job, monkeypatch):
+    """Issue 11 item 5: the one-process engine overlaps items' reading and writing, but their ops
+    (each a team of torch threads) run one at a time; each op gets the process's threads."""
+    import threading
+
+    import roicli.pipeline
+
+    pool, lock, state = roicli.pipeline._pool_in_chunks, threading.Lock(), {"now": 0, "most": 0, "threads": set()}
+
+    def watched(*args):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)
+        state["threads"].add(torch.get_num_threads())
+        try:
+            return pool(*args)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(roicli.pipeline, "_pool_in_chunks", watched)
+    monkeypatch.chdir(job["dir"])
+    s = _summary(_cli("batch", "manifest.csv", "-o", "out", "--workers", "1", "--json"))
+    assert s["done"] == N_GOOD and state["most"] == 1
+    assert state["threads"] == {s["threads_per_worker"]}
+
+
 def test_irrelevant_options_are_usage_errors_and_help_is_complete(tmp_path, monkeypatch):
     """Issue 9 items 16, 15 and 22: conflicting options are refused (exit 2, one line); the help shows
     the [ray] extra, the options `align` has, --workers 0 and the shard memory."""

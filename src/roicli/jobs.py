@@ -188,13 +188,19 @@ def _is_disk_full(e: BaseException) -> bool:
     return getattr(e, "errno", None) in _DISK_FULL  # an OSError, or roicli's OutputError carrying one
 
 
+# One op at a time per process: the one-process engine runs two items at once so that one's reading
+# and writing overlap the other's pooling, and two ops would run two teams of torch threads.
+_COMPUTE = threading.Lock()
+
+
 def run_item(item: Item, spec: PoolSpec, outdir: str | None, fsync: bool = False, strict: bool = False) -> dict:
     """Pool one item. With `outdir`, write `outdir/item.output` atomically and return its status;
     without, return the output tensors too (shard mode). Never raises for a bad item; a full disk
     comes back with `disk_full` set, so that the driver stops the job."""
     st = stamp(item, spec)  # before the inputs are read: a later change makes the record stale
     try:
-        result = pool_job(item.features, item.rois, item_spec(item, spec), rois_text=item.rois_text, strict=strict)
+        result = pool_job(item.features, item.rois, item_spec(item, spec), rois_text=item.rois_text, strict=strict,
+                          compute=_COMPUTE)  # fmt: skip
         status = {"index": item.index, "ok": True, "rois": result.summary["rois"], "warnings": result.warnings()}
         if outdir is None:
             return {**status, "tensors": result.tensors, "metadata": result.metadata, "stamp": st}
@@ -312,6 +318,12 @@ def _local(
 # ----------------------------------------------------------------------------- Ray
 
 
+def _ray_item(*args) -> dict:
+    """`run_item` as a Ray task of one CPU: one torch thread, whatever the worker's environment says."""
+    torch.set_num_threads(1)
+    return run_item(*args)
+
+
 @contextlib.contextmanager
 def ray_output_to_log() -> Iterator[str]:
     """Send what Ray writes (its Python loggers, its C++ core, the processes it starts) to a log file
@@ -413,7 +425,7 @@ def _ray(
                 reaper = start_reaper()  # a local Ray started here does not outlive a killed driver
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 started = True
-            task = ray.remote(num_cpus=1, max_retries=1)(run_item)
+            task = ray.remote(num_cpus=1, max_retries=1)(_ray_item)
             spec_ref = ray.put(spec)
             in_flight = max(2 * workers, 2 * int(ray.available_resources().get("CPU", 1)))
             window: deque = deque()

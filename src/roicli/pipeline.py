@@ -6,10 +6,12 @@ It reads files and calls the ops; it never prints (callers report warnings and p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -288,10 +290,13 @@ def pool_job(
     rois_text: str | None = None,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    compute: AbstractContextManager | None = None,
 ) -> PoolResult:
     """Read, pool in chunks of `spec.chunk_size` RoIs, and assemble the output tensors + metadata.
 
-    `progress(done, total)` is called after each chunk."""
+    `progress(done, total)` is called after each chunk. `compute` (e.g. a lock) is held while the op
+    runs: how `roicli batch` lets one item's reading and writing overlap another's pooling without
+    running two ops' thread teams at once."""
     t0 = time.perf_counter()
     inputs = load_inputs(features, rois, spec, rois_text)
     feats, roi_set = inputs.features, inputs.rois
@@ -299,7 +304,8 @@ def pool_job(
     boxes, levels = rois_and_levels(inputs, spec)  # [K, 5], [K]
     bad, outside = check_boxes(inputs, levels, strict)
     check_sampling_work(inputs, levels, spec)
-    pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
+    with compute or contextlib.nullcontext():
+        pooled = _pool_in_chunks(spec, feats, boxes, levels, progress)
     seconds = time.perf_counter() - t0
 
     size = spec.output_size

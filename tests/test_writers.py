@@ -116,3 +116,28 @@ def test_inspect_reads_every_format(tmp_path: Path, suffix: str):
     assert pooled["max"] == pytest.approx(float(expected().max()))
     meta = doc["metadata"]
     assert meta["op"] == "align" and str(meta["count"]) == "5"
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "pt", "parquet"])
+def test_format_option_writes_stdout_in_any_format_and_inspect_reads_it(tmp_path: Path, fmt: str):
+    """Issue 12 item 3 ("by the output file's extension, or --format"): `-o - --format F` writes F on
+    stdout, and `inspect -` tells the format from the bytes; the same as the file `-o o.F` (and as
+    `-o o.F --format F`)."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    piped = run("align", FEATS, ROIS_JSON, "-o", "-", "--format", fmt, "-q")
+    ok(piped)
+    ok(run("align", FEATS, ROIS_JSON, "-o", tmp_path / f"o.{fmt}", "--format", fmt, "-q"))
+    from_stdin = run("inspect", "-", "--json", "--values", input=piped.stdout_bytes)
+    from_file = run("inspect", tmp_path / f"o.{fmt}", "--json", "--values")
+    ok(from_stdin)
+    ok(from_file)
+    a, b = json.loads(from_stdin.stdout), json.loads(from_file.stdout)
+    assert a["file"] == "stdin" and a["tensors"] == b["tensors"] and a["metadata"] == b["metadata"]
+    assert next(r for r in a["tensors"] if r["key"] == "pooled")["max"] == pytest.approx(float(expected().max()))
+
+
+def test_format_option_must_agree_with_the_extension(tmp_path: Path):
+    out = tmp_path / "o.npz"
+    assert_fails(run("align", FEATS, ROIS_JSON, "-o", out, "--format", "pt"), 2, "--format pt", "o.npz", "*.pt")
+    assert not out.exists()

@@ -59,7 +59,7 @@ def batch(
     canonical_level: opt.CanonicalLevel = 4,
     max_image_pixels: opt.MaxImagePixels = None,
     output_format: Annotated[
-        Literal["safetensors", "npz", "pt", "parquet"],
+        Literal[opt.FORMATS],  # type: ignore[valid-type]
         typer.Option(
             "--format",
             help="Format of the shards and of the outputs the manifest does not name (an 'output' column's "

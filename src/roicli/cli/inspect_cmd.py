@@ -24,7 +24,7 @@ def inspect(
         str,
         typer.Argument(
             metavar="FILE",
-            help="A .safetensors, .npz, .pt or .parquet file roicli wrote, or - for safetensors on stdin.",
+            help="A .safetensors, .npz, .pt or .parquet file roicli wrote, or - for stdin (any of them).",
         ),
     ],
     values: Annotated[

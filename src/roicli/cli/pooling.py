@@ -34,8 +34,8 @@ Output = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="Output file: .safetensors, .npz, .pt or .parquet (by extension), or - for safetensors on stdout "
-        "(not a terminal).",
+        help="Output file: .safetensors, .npz, .pt or .parquet (by extension), or - for stdout (not a terminal; "
+        "safetensors unless --format says otherwise).",
     ),
 ]
 OutputSize = Annotated[str, typer.Option(help="Bins per RoI: 7 or PHxPW such as 7x5.")]
@@ -81,6 +81,11 @@ Strict = Annotated[
     bool, typer.Option("--strict", help="Fail on zero-size, inverted or off-map boxes instead of warning.")
 ]
 ChunkSize = Annotated[int, typer.Option(help="RoIs pooled at once (bounds memory).")]
+FORMATS = tuple(suffix[1:] for suffix in WRITER_SUFFIXES)  # safetensors, npz, pt, parquet
+OutputFormat = Annotated[
+    Literal[FORMATS] | None,  # type: ignore[valid-type]
+    typer.Option("--format", help="The output's format; default: by the output file's extension (safetensors for -)."),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout instead of text on stderr.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, summary or warnings on stderr.")]
 
@@ -106,7 +111,8 @@ def op_option(p: registry.Param, default=None, help: str | None = None):
 
 
 # The options every pooling command takes, around the op's own parameters (which the registry gives).
-_HEAD = (("features", Features), ("rois", Rois), ("output", Output), ("output_size", OutputSize, "7"),
+_HEAD = (("features", Features), ("rois", Rois), ("output", Output), ("output_format", OutputFormat, None),
+         ("output_size", OutputSize, "7"),
          ("spatial_scale", SpatialScale, None), ("stride", Stride, None))  # fmt: skip
 _TAIL = (
     ("key", Key, None), ("backbone", Backbone, "builtin"), ("box_format", BoxFormat, None),
@@ -151,7 +157,7 @@ def _run(op: str, opts: dict) -> None:
         raise UsageError("--report -: stdout already carries " + ("the data (-o -)" if output == "-" else "--json"))
     inputs = [features, rois, spec.backbone if spec.backbone != "builtin" else ""]
     check_output(output, inputs, suffixes=OUTPUT_SUFFIXES)
-    fmt = format_of(output)
+    fmt = format_of(output, rest["output_format"])
     check_writable(fmt)
     if report:
         check_output(report, [*inputs, output], binary=False, suffixes=REPORT_SUFFIXES)

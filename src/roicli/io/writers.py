@@ -27,12 +27,20 @@ from roicli.errors import UsageError
 SUFFIXES = (".safetensors", ".npz", ".pt", ".parquet")
 
 
-def format_of(path: str) -> str:
-    """The format an output path asks for: its extension's, `.safetensors` for stdout (`-`). The
-    extension is checked against SUFFIXES with the other output checks (`io.output.check_output`)."""
-    if path == "-":
+def format_of(path: str, fmt: str | None = None) -> str:
+    """The format an output asks for: `fmt` (`npz` or `.npz`, ...) when given, else the path's
+    extension; `.safetensors` for stdout (`-`). A file's extension must agree with `fmt`."""
+    suffix = Path(path).suffix.lower() if path != "-" else None
+    if fmt is not None:
+        wanted = "." + fmt.lower().lstrip(".")
+        if wanted not in SUFFIXES:
+            raise UsageError(f"{{format}}: expected one of {', '.join(SUFFIXES)}, got {fmt!r}", param="format")
+        if suffix is not None and suffix != wanted:
+            raise UsageError(f"{{format}} {wanted[1:]} disagrees with the output {path!r}; name it *{wanted}",
+                             param="format")  # fmt: skip
+        return wanted
+    if suffix is None:
         return ".safetensors"
-    suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise UsageError(f"{path}: roicli writes {', '.join(SUFFIXES)} files, not {suffix or 'this'!r}")
     return suffix

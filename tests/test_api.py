@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import roicli
 from roicli.cli import app
 from roicli.errors import InputError, RoicliError, UsageError
+from roicli.io.readers import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "roicli"
@@ -94,6 +95,24 @@ def test_pool_equals_the_command(tmp_path, op, params, flags):
     for name, value in params.items():
         if name != "output_size":
             assert result.metadata[name] == value
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "pt"])
+def test_save_writes_what_the_command_writes(tmp_path, fmt):
+    """`PoolResult.save` writes the bytes `roicli align -o` writes (by extension or `format`),
+    atomically, and never over an input."""
+    cli_ok("align", FEATS, ROIS, "-o", tmp_path / f"cli.{fmt}", "-q")
+    result = roicli.pool(str(FEATS), ROIS)
+    assert result.save(tmp_path / f"api.{fmt}") == fmt
+    cli, api = describe(str(tmp_path / f"cli.{fmt}"), values=True), describe(str(tmp_path / f"api.{fmt}"), values=True)
+    assert cli[0] == api[0] and all(torch.equal(cli[2][k], api[2][k]) for k in cli[2])
+    drop = ("roicli_version",)
+    assert {k: v for k, v in cli[1].items() if k not in drop} == {k: v for k, v in api[1].items() if k not in drop}
+    with pytest.raises(UsageError, match="format"):
+        result.save(tmp_path / "x.npz", format="pt")
+    with pytest.raises(RoicliError, match="is also an input"):
+        result.save(ROIS)
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "x.npz").exists()
 
 
 def test_tensor_and_list_inputs_equal_file_inputs(tmp_path):

@@ -22,8 +22,9 @@ from roicli.backbone import features_from_image
 from roicli.errors import InputError, ResourceError, UsageError
 from roicli.io.features import Features, features_from_safetensors, is_image_path
 from roicli.io.inputs import read_input
+from roicli.io.output import check_output, write_output
 from roicli.io.rois import ROIS_FORMATS, RoiSet, read_rois
-from roicli.io.writers import encode
+from roicli.io.writers import SUFFIXES, check_writable, encode, format_of
 from roicli.ops import fpn_levels, pool_levels
 from roicli.ops._validate import compute_dtype
 from roicli.report import pool_geometry
@@ -249,6 +250,17 @@ class PoolResult:
         (no joined copy of the tensors)."""
         table = {"ids": self.inputs.rois.ids, "labels": self.inputs.rois.labels}
         return encode(self.tensors, self.metadata, fmt, table)
+
+    def save(self, path, format: str | None = None, fsync: bool = True) -> str:
+        """Write the result to `path` (`-`: stdout) atomically, in `format` (safetensors, npz, pt,
+        parquet) or else by the path's extension, as `roicli align -o` does; returns the format.
+        The inputs are never overwritten."""
+        path = str(path)
+        check_output(path, [self.inputs.features.source, self.inputs.rois.source], suffixes=SUFFIXES)
+        fmt = format_of(path, format)
+        check_writable(fmt)
+        write_output(path, self.encode(fmt), fsync)
+        return fmt[1:]
 
     def warnings(self) -> list[str]:
         """What a user should hear about the RoIs (each message one line, without "Warning: ")."""

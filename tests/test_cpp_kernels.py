@@ -150,26 +150,26 @@ def test_precise_roi_pool_matches_reference_and_adjoint(aligned):
     assert_close((g * out).sum(), (gi * x).sum(), rtol=1e-12, atol=1e-12)
 
 
-def _all_ops(x, rois, g_seed=11):
+def _all_ops(x, rois, g_seed=11, kernel=cpp):
     """Every op's outputs and gradients (for mode max and roi_pool through their own argmax)."""
     results = []
     for name, fwd in (
-        ("avg", lambda t: cpp.roi_align_forward(t, rois, 0.5, 3, 4, 2, True, "avg")),
-        ("avg-adaptive", lambda t: cpp.roi_align_forward(t, rois, 0.5, 3, 4, -1, False, "avg")),
-        ("max", lambda t: cpp.roi_align_forward(t, rois, 0.5, 3, 4, -1, True, "max")),
-        ("pool", lambda t: cpp.roi_pool_forward(t, rois, 0.5, 3, 4)),
-        ("precise", lambda t: (cpp.precise_roi_pool_forward(t, rois, 0.5, 3, 4, True), None)),
+        ("avg", lambda t: kernel.roi_align_forward(t, rois, 0.5, 3, 4, 2, True, "avg")),
+        ("avg-adaptive", lambda t: kernel.roi_align_forward(t, rois, 0.5, 3, 4, -1, False, "avg")),
+        ("max", lambda t: kernel.roi_align_forward(t, rois, 0.5, 3, 4, -1, True, "max")),
+        ("pool", lambda t: kernel.roi_pool_forward(t, rois, 0.5, 3, 4)),
+        ("precise", lambda t: (kernel.precise_roi_pool_forward(t, rois, 0.5, 3, 4, True), None)),
     ):
         out, arg = fwd(x)
         g = _grad(out.float(), g_seed).to(out.dtype)
         shape = tuple(x.shape)
         if name == "pool":
-            gi = cpp.roi_pool_backward(g, rois, arg, 0.5, 3, 4, *shape)
+            gi = kernel.roi_pool_backward(g, rois, arg, 0.5, 3, 4, *shape)
         elif name == "precise":
-            gi = cpp.precise_roi_pool_backward(g, rois, 0.5, 3, 4, True, *shape)
+            gi = kernel.precise_roi_pool_backward(g, rois, 0.5, 3, 4, True, *shape)
         else:
             sr, aligned = (2, True) if name == "avg" else (-1, name == "max")
-            gi = cpp.roi_align_backward(g, rois, arg, 0.5, 3, 4, sr, aligned, name[:3], *shape)
+            gi = kernel.roi_align_backward(g, rois, arg, 0.5, 3, 4, sr, aligned, name[:3], *shape)
         results.append((name, out, arg, gi))
     return results
 
@@ -198,6 +198,25 @@ def test_any_layout_gives_the_same_bits(layout, c):
     y = layout(x)
     assert torch.equal(y, x)
     _same(_all_ops(x, rois), _all_ops(y, rois))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("h", "w"), [(20, 24), (136, 130)], ids=["small-map-wide-blocks", "big-map-narrow-blocks"]
+)
+def test_block_width_agrees_with_the_torch_kernels(h, w, dtype):
+    """Blocks of 16 channels (small maps, on AVX-512 machines) and of 8 (maps whose 16-channel buffer would
+    not stay in cache) give the torch kernels' numbers; C = 19 has full blocks of both widths and a partial one."""
+    from roicli.ops.kernels import torch_ref
+
+    x, rois = _problem(21, n=2, c=19, h=h, w=w, k=40, dtype=dtype)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for (name, out, arg, gi), (_, want, want_arg, want_gi) in zip(
+        _all_ops(x, rois), _all_ops(x, rois, kernel=torch_ref), strict=True
+    ):
+        assert_close(out, want, **tol, msg=name)
+        assert (arg is None) or torch.equal(arg, want_arg), name
+        assert_close(gi, want_gi, **tol, msg=name)
 
 
 def test_thread_count_does_not_change_a_bit():

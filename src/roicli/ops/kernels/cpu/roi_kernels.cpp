@@ -45,21 +45,27 @@
 
 namespace {
 
-constexpr int64_t CB = 8;  // channels per block (one SIMD register of float32 lanes on AVX2)
+// CB, the channels per block, is a template parameter of every kernel: 8 (one AVX2 register of float32
+// lanes), or 16 (one AVX-512 register) where the machine has AVX-512 and a block's channels-last buffer
+// of the whole map stays within kLaneBudget bytes (in L2: wider blocks of a big map are slower than
+// narrow ones that stay in cache). See `lanes_for`.
+constexpr int64_t kLaneBudget = int64_t(1) << 20;
 constexpr int64_t kKeepScratch = int64_t(1) << 22;  // elements of scratch a thread keeps between calls
 
 template <typename S>
 using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
-// CB lanes as one GCC vector (one AVX2 register of float32, two of float64), and the lane masks.
-typedef float vfloat __attribute__((vector_size(CB * sizeof(float))));
-typedef double vdouble __attribute__((vector_size(CB * sizeof(double))));
-typedef int32_t vint32 __attribute__((vector_size(CB * sizeof(int32_t))));
-typedef int64_t vint64 __attribute__((vector_size(CB * sizeof(int64_t))));
+// CB lanes as one GCC vector (one register of float32, two of float64), and the lane masks.
+template <typename T, int64_t N>
+struct VecOf {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
 template <typename A>
-using Vec = std::conditional_t<std::is_same_v<A, double>, vdouble, vfloat>;
-template <typename A>
-using Mask = std::conditional_t<std::is_same_v<A, double>, vint64, vint32>;  // what Vec<A> compares give
+using lane_int = std::conditional_t<std::is_same_v<A, double>, int64_t, int32_t>;  // a lane's index type
+template <typename A, int64_t CB>
+using Vec = typename VecOf<A, CB>::type;
+template <typename A, int64_t CB>
+using Mask = typename VecOf<lane_int<A>, CB>::type;  // what Vec<A, CB> compares give
 
 template <typename V, typename A>
 inline V vload(const A* p) {
@@ -73,21 +79,25 @@ inline void vstore(A* p, const V& v) {
 }
 
 // In-register 8x8 transpose: r[c][i] -> r[i][c] (channel rows <-> pixel rows), three rounds of shuffles.
-inline void transpose8(vfloat r[8]) {
-  vfloat t[8], u[8];
+// 8 float32 lanes (the 8x8 transposes of the planar <-> channels-last copies, a CB block in CB / 8 halves).
+typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
+typedef int32_t v8i __attribute__((vector_size(8 * sizeof(int32_t))));
+
+inline void transpose8(v8f r[8]) {
+  v8f t[8], u[8];
   for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], vint32{0, 8, 1, 9, 4, 12, 5, 13});
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], vint32{2, 10, 3, 11, 6, 14, 7, 15});
+    t[i] = __builtin_shuffle(r[i], r[i + 1], v8i{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], v8i{2, 10, 3, 11, 6, 14, 7, 15});
   }
   for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], vint32{0, 1, 8, 9, 4, 5, 12, 13});
-    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], vint32{2, 3, 10, 11, 6, 7, 14, 15});
-    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], vint32{0, 1, 8, 9, 4, 5, 12, 13});
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], vint32{2, 3, 10, 11, 6, 7, 14, 15});
+    u[i] = __builtin_shuffle(t[i], t[i + 2], v8i{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], v8i{2, 3, 10, 11, 6, 7, 14, 15});
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], v8i{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], v8i{2, 3, 10, 11, 6, 7, 14, 15});
   }
   for (int i = 0; i < 4; ++i) {
-    r[i] = __builtin_shuffle(u[i], u[i + 4], vint32{0, 1, 2, 3, 8, 9, 10, 11});
-    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], vint32{4, 5, 6, 7, 12, 13, 14, 15});
+    r[i] = __builtin_shuffle(u[i], u[i + 4], v8i{0, 1, 2, 3, 8, 9, 10, 11});
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], v8i{4, 5, 6, 7, 12, 13, 14, 15});
   }
 }
 
@@ -176,7 +186,7 @@ struct Planes {  // a [N, C, H, W] tensor's strides
 
 // Channels [c0, c0 + cn) of image n over `box`, channels-last in the accumulation dtype: read in place
 // when the input already is, else copied into `buf` ([rows, cols, CB], lanes past cn zero).
-template <typename S, typename A>
+template <int64_t CB, typename S, typename A>
 View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn, const Box& box, A* buf) {
   // A channels-last input is copied too: read in place, each tap would be its own cache line far
   // away in memory (3x slower), while the copy reads it once, contiguously.
@@ -188,7 +198,7 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
     if (st.sc < st.sw) {  // channels nearer in memory than pixels: read each pixel's channels
       if constexpr (std::is_same_v<S, A>) {
         if (st.sc == 1 && cn == CB) {  // channels-last: one vector per pixel
-          for (int64_t x = 0; x < bw; ++x) vstore(row + x * CB, vload<Vec<A>>(line + x * st.sw));
+          for (int64_t x = 0; x < bw; ++x) vstore(row + x * CB, vload<Vec<A, CB>>(line + x * st.sw));
           continue;
         }
       }
@@ -199,10 +209,12 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
       if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
         if (st.sw == 1 && cn == CB) {  // 8 pixels x 8 channels at a time through registers
           for (; x0 + 8 <= bw; x0 += 8) {
-            vfloat v[8];
-            for (int c = 0; c < 8; ++c) v[c] = vload<vfloat>(line + c * st.sc + x0);
-            transpose8(v);
-            for (int i = 0; i < 8; ++i) vstore(row + (x0 + i) * CB, v[i]);
+            for (int64_t half = 0; half < CB; half += 8) {
+              v8f v[8];
+              for (int c = 0; c < 8; ++c) v[c] = vload<v8f>(line + (half + c) * st.sc + x0);
+              transpose8(v);
+              for (int i = 0; i < 8; ++i) vstore(row + (x0 + i) * CB + half, v[i]);
+            }
           }
         }
       }
@@ -216,7 +228,7 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
 }
 
 // grad_input[n, c0:c0+cn] (contiguous [N, C, H, W]) from the channels-last sums `acc` over `box`; zero elsewhere.
-template <typename S, typename A>
+template <int64_t CB, typename S, typename A>
 void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, int64_t cn, const Box& box,
                  const A* acc) {
   const int64_t bw = box.x1 - box.x0;
@@ -238,10 +250,12 @@ void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, 
       int64_t x = 0;
       if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
         for (; x + 8 <= bw; x += 8) {  // 8 pixels x 8 channels at a time through registers
-          vfloat v[8];
-          for (int i = 0; i < 8; ++i) v[i] = vload<vfloat>(src + (x + i) * CB);
-          transpose8(v);
-          for (int j = 0; j < 8; ++j) vstore(rows[j] + box.x0 + x, v[j]);
+          for (int64_t half = 0; half < CB; half += 8) {
+            v8f v[8];
+            for (int i = 0; i < 8; ++i) v[i] = vload<v8f>(src + (x + i) * CB + half);
+            transpose8(v);
+            for (int j = 0; j < 8; ++j) vstore(rows[half + j] + box.x0 + x, v[j]);
+          }
         }
       }
       for (; x < bw; ++x)
@@ -254,6 +268,7 @@ void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, 
 }
 
 // The forward's item list: (image, channel block, RoI chunk), chunks only when blocks are too few.
+template <int64_t CB>
 struct Items {
   int64_t blocks, chunks;
   std::vector<int64_t> images;  // images with RoIs
@@ -269,9 +284,9 @@ struct Items {
 };
 
 // Runs f(n, c0, cn, first, last) over the forward's items: RoIs order[first..last) of image n.
-template <typename T, typename F>
+template <int64_t CB, typename T, typename F>
 void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, int64_t work, const F& f) {
-  Items items(by, n, c);
+  Items<CB> items(by, n, c);
   run_items(items.count(), work, [&](int64_t i) {
     const int64_t chunk = i % items.chunks;
     const int64_t block = i / items.chunks % items.blocks;
@@ -284,7 +299,7 @@ void for_each_forward_item(const ByImage<T>& by, int64_t n, int64_t c, int64_t w
 }
 
 // Runs f(n, c0, cn) over every (image, channel block): the backward's items.
-template <typename F>
+template <int64_t CB, typename F>
 void for_each_block(int64_t n, int64_t c, int64_t work, const F& f) {
   const int64_t blocks = (c + CB - 1) / CB;
   run_items(n * blocks, work, [&](int64_t i) {
@@ -294,7 +309,7 @@ void for_each_block(int64_t n, int64_t c, int64_t work, const F& f) {
 }
 
 // The grad tile of RoI k: g[bin][lane] = grad[k, c0 + lane, bin] in the accumulation dtype.
-template <typename S, typename A>
+template <int64_t CB, typename S, typename A>
 void grad_tile(const S* grad, const at::Tensor& g, int64_t k, int64_t c0, int64_t cn, int64_t pw_, A* tile) {
   const int64_t bins = g.size(2) * pw_;
   const int64_t sk = g.stride(0), sc = g.stride(1), sh = g.stride(2), sw = g.stride(3);
@@ -405,10 +420,6 @@ void compact_taps(const Tap<A>* taps, int64_t pooled, int64_t g, int64_t origin,
   }
 }
 
-template <typename M>
-struct Lane {
-  using type = std::conditional_t<std::is_same_v<M, vint64>, int64_t, int32_t>;
-};
 
 // One bilinear sample of CB channels, torchvision's way: ((w1 v1 + w2 v2) + w3 v3) + w4 v4.
 template <typename V, typename A>
@@ -418,7 +429,7 @@ inline V sample(const View<A>& v, const Tap<A>& ty, const Tap<A>& tx) {
          w4 * vload<V>(v.at(ty.hi, tx.hi));
 }
 
-template <typename S>
+template <int64_t CB, typename S>
 std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
                                                       int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode) {
   using A = acc_t<S>;
@@ -436,16 +447,16 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   S* o = out.data_ptr<S>();
   int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
   const int64_t bins = ph * pw;
-  using V = Vec<A>;
-  using M = Mask<A>;
-  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  using V = Vec<A, CB>;
+  using M = Mask<A, CB>;
+  for_each_forward_item<CB>(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
     Scratch<int32_t, 2> sarg;
     const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
-                                  : channel_block<S, A>(in, st, img, c0, cn, box,
+                                  : channel_block<CB, S, A>(in, st, img, c0, cn, box,
                                                         sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
     A* res = sres.get(bins * CB);  // [PH * PW, CB]
     int32_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
@@ -494,7 +505,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
               const V val = ty[iy].valid && tx[ix].valid ? sample<V>(v, ty[iy], tx[ix]) : V{};
               const M take = iy + ix == 0 ? M{} - 1 : (val > best) | ((val != val) & (best == best));
               best = take ? val : best;
-              a = take ? M{} + typename Lane<M>::type(iy * gx + ix) : a;
+              a = take ? M{} + lane_int<A>(iy * gx + ix) : a;
             }
           }
           vstore(acc, best);
@@ -534,7 +545,7 @@ inline void align_scatter(A* acc, const Offs<A>* oy, int64_t ny, const Offs<A>* 
   }
 }
 
-template <typename S>
+template <int64_t CB, typename S>
 at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
                                int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode, int64_t n, int64_t c,
                                int64_t h, int64_t w) {
@@ -550,8 +561,8 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
   const int32_t* am = max_mode ? argmax.data_ptr<int32_t>() : nullptr;
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
-  using V = Vec<A>;
-  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
+  using V = Vec<A, CB>;
+  for_each_block<CB>(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sacc;
@@ -569,7 +580,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
       const int64_t roi = by.order[i];
       const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
       if (gy * gx == 0) continue;
-      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      grad_tile<CB, S, A>(g, grad, roi, c0, cn, pw, tile);
       const A count = A(gy * gx);
       const A inv = A(1) / count;
       const bool pow2 = ((gy * gx) & (gy * gx - 1)) == 0;
@@ -614,7 +625,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
         }
       }
     }
-    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+    store_block<CB, S, A>(out, c, h, w, img, c0, cn, box, acc);
   });
   return gi;
 }
@@ -653,7 +664,7 @@ struct PoolAxis {
 };
 
 // WithArg false: the values alone (eager inference), argmax an empty tensor.
-template <typename S, bool WithArg>
+template <int64_t CB, typename S, bool WithArg>
 std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
                                                      int64_t ph, int64_t pw) {
   using A = acc_t<S>;
@@ -671,18 +682,18 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
   S* o = out.data_ptr<S>();
   int32_t* am = WithArg ? argmax.data_ptr<int32_t>() : nullptr;
   const int64_t bins = ph * pw;
-  using V = Vec<A>;
-  using M = Mask<A>;
-  using L = typename Lane<M>::type;
+  using V = Vec<A, CB>;
+  using M = Mask<A, CB>;
+  using L = lane_int<A>;
   constexpr L kNone = std::numeric_limits<int32_t>::max();  // "no argmax yet": loses every tie
-  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  for_each_forward_item<CB>(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
     Scratch<int32_t, 2> sarg;
     const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
-                                  : channel_block<S, A>(in, st, img, c0, cn, box,
+                                  : channel_block<CB, S, A>(in, st, img, c0, cn, box,
                                                         sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
     A* res = sres.get(bins * CB);
     int32_t* arg = sarg.get(bins * CB);
@@ -748,7 +759,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
   return {out, argmax};
 }
 
-template <typename S>
+template <int64_t CB, typename S>
 at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax, double scale,
                               int64_t ph, int64_t pw, int64_t n, int64_t c, int64_t h, int64_t w) {
   using A = acc_t<S>;
@@ -763,7 +774,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
   const int32_t* am = argmax.data_ptr<int32_t>();
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
-  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
+  for_each_block<CB>(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     if constexpr (std::is_same_v<S, A>) {  // float32/float64: sum straight into grad_input's planes
       S* planes = out + (img * c + c0) * h * w;
       std::fill(planes, planes + cn * h * w, S(0));
@@ -791,7 +802,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
     A* tile = stile.get(bins * CB);
     for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
       const int64_t roi = by.order[i];
-      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      grad_tile<CB, S, A>(g, grad, roi, c0, cn, pw, tile);
       for (int64_t j = 0; j < cn; ++j) {
         const int32_t* a = am + (roi * c + c0 + j) * bins;
         for (int64_t b = 0; b < bins; ++b) {
@@ -801,7 +812,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
         }
       }
     }
-    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+    store_block<CB, S, A>(out, c, h, w, img, c0, cn, box, acc);
   });
   return gi;
 }
@@ -862,7 +873,7 @@ struct IntegralAxis {
   }
 };
 
-template <typename S>
+template <int64_t CB, typename S>
 at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph,
                                 int64_t pw, bool aligned) {
   using A = acc_t<S>;
@@ -878,13 +889,13 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
   const Planes st(input);
   S* o = out.data_ptr<S>();
   const int64_t bins = ph * pw;
-  using V = Vec<A>;
-  for_each_forward_item(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
+  using V = Vec<A, CB>;
+  for_each_forward_item<CB>(by, n, c, out.numel() + input.numel(), [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
-    const View<A> v = channel_block<S, A>(in, st, img, c0, cn, box,
+    const View<A> v = channel_block<CB, S, A>(in, st, img, c0, cn, box,
                                           sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
     A* res = sres.get(bins * CB);
     for (int64_t i = first; i < last; ++i) {
@@ -915,7 +926,7 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
   return out;
 }
 
-template <typename S>
+template <int64_t CB, typename S>
 at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois, double scale, int64_t ph,
                                  int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
   using A = acc_t<S>;
@@ -929,8 +940,8 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
   const S* g = grad.data_ptr<S>();
   S* out = gi.data_ptr<S>();
   const int64_t bins = ph * pw;
-  using V = Vec<A>;
-  for_each_block(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
+  using V = Vec<A, CB>;
+  for_each_block<CB>(n, c, grad.numel() + gi.numel(), [&](int64_t img, int64_t c0, int64_t cn) {
     Box box;
     for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sacc;
@@ -941,7 +952,7 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
     A* tile = stile.get(bins * CB);
     for (int64_t i = by.start[img]; i < by.start[img + 1] && acc; ++i) {
       const int64_t roi = by.order[i];
-      grad_tile<S, A>(g, grad, roi, c0, cn, pw, tile);
+      grad_tile<CB, S, A>(g, grad, roi, c0, cn, pw, tile);
       for (int64_t y = 0; y < ph; ++y) {
         const int64_t ry = roi * ph + y;
         const double* wy = ay.weight.data() + ay.offset[ry];
@@ -960,7 +971,7 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
         }
       }
     }
-    store_block<S, A>(out, c, h, w, img, c0, cn, box, acc);
+    store_block<CB, S, A>(out, c, h, w, img, c0, cn, box, acc);
   });
   return gi;
 }
@@ -979,6 +990,23 @@ decltype(auto) dispatch(at::ScalarType t, const F& f) {
   }
 }
 
+// The channels per block of a call on a map of h x w pixels in accumulation dtype `data` (see kLaneBudget).
+int64_t lanes_for(int64_t c, int64_t h, int64_t w, at::ScalarType data) {
+#ifdef __AVX512F__
+  const int64_t bytes = h * w * 16 * (data == at::kDouble ? 8 : 4);
+  return c > 8 && bytes <= kLaneBudget ? 16 : 8;
+#else
+  return 8;
+#endif
+}
+
+// f(std::integral_constant<int64_t, CB>{}) with CB = `lanes` (8 or 16).
+template <typename F>
+decltype(auto) with_lanes(int64_t lanes, const F& f) {
+  if (lanes == 16) return f(std::integral_constant<int64_t, 16>{});
+  return f(std::integral_constant<int64_t, 8>{});
+}
+
 void check_rois(const at::Tensor& rois, at::ScalarType data) {
   const auto want = data == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(rois.scalar_type() == want && rois.is_contiguous() && rois.dim() == 2 && rois.size(1) == 5,
@@ -994,8 +1022,10 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input, co
                                                      int64_t ph, int64_t pw, int64_t sr, bool aligned, int64_t mode) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return dispatch(input.scalar_type(), [&](auto s) {
-    return align_forward_impl<decltype(s)>(input, rois, scale, ph, pw, sr, aligned, mode == 1);
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+    return dispatch(input.scalar_type(), [&](auto s) {
+      return align_forward_impl<decltype(cb)::value, decltype(s)>(input, rois, scale, ph, pw, sr, aligned, mode == 1);
+    });
   });
 }
 
@@ -1006,8 +1036,10 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, co
   check_plane(h, w);
   TORCH_CHECK(mode != 1 || (argmax.is_contiguous() && argmax.scalar_type() == at::kInt),
               "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
-  return dispatch(grad.scalar_type(), [&](auto s) {
-    return align_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, sr, aligned, mode == 1, n, c, h, w);
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+    return dispatch(grad.scalar_type(), [&](auto s) {
+      return align_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, argmax, scale, ph, pw, sr, aligned, mode == 1, n, c, h, w);
+    });
   });
 }
 
@@ -1015,16 +1047,20 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward(const at::Tensor& input, con
                                                     int64_t ph, int64_t pw) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return dispatch(input.scalar_type(), [&](auto s) {
-    return pool_forward_impl<decltype(s), true>(input, rois, scale, ph, pw);
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+    return dispatch(input.scalar_type(), [&](auto s) {
+      return pool_forward_impl<decltype(cb)::value, decltype(s), true>(input, rois, scale, ph, pw);
+    });
   });
 }
 
 at::Tensor roi_pool_values(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph, int64_t pw) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return dispatch(input.scalar_type(), [&](auto s) {
-    return std::get<0>(pool_forward_impl<decltype(s), false>(input, rois, scale, ph, pw));
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+    return dispatch(input.scalar_type(), [&](auto s) {
+      return std::get<0>(pool_forward_impl<decltype(cb)::value, decltype(s), false>(input, rois, scale, ph, pw));
+    });
   });
 }
 
@@ -1034,8 +1070,10 @@ at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, con
   check_plane(h, w);
   TORCH_CHECK(argmax.is_contiguous() && argmax.scalar_type() == at::kInt,
               "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
-  return dispatch(grad.scalar_type(), [&](auto s) {
-    return pool_backward_impl<decltype(s)>(grad, rois, argmax, scale, ph, pw, n, c, h, w);
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+    return dispatch(grad.scalar_type(), [&](auto s) {
+      return pool_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, argmax, scale, ph, pw, n, c, h, w);
+    });
   });
 }
 
@@ -1043,8 +1081,10 @@ at::Tensor precise_roi_pool_forward(const at::Tensor& input, const at::Tensor& r
                                     int64_t pw, bool aligned) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return dispatch(input.scalar_type(), [&](auto s) {
-    return precise_forward_impl<decltype(s)>(input, rois, scale, ph, pw, aligned);
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+    return dispatch(input.scalar_type(), [&](auto s) {
+      return precise_forward_impl<decltype(cb)::value, decltype(s)>(input, rois, scale, ph, pw, aligned);
+    });
   });
 }
 
@@ -1052,8 +1092,10 @@ at::Tensor precise_roi_pool_backward(const at::Tensor& grad, const at::Tensor& r
                                      int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
   check_rois(rois, grad.scalar_type());
   check_plane(h, w);
-  return dispatch(grad.scalar_type(), [&](auto s) {
-    return precise_backward_impl<decltype(s)>(grad, rois, scale, ph, pw, aligned, n, c, h, w);
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+    return dispatch(grad.scalar_type(), [&](auto s) {
+      return precise_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, scale, ph, pw, aligned, n, c, h, w);
+    });
   });
 }
 

@@ -469,6 +469,48 @@ def test_the_reaper_ends_a_killed_drivers_descendants(tmp_path):
             p.kill()
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_ray_head_that_dies_mid_run_gives_one_line_soon(tmp_path):
+    """Issue 9 (Ray): the cluster's head (GCS) killed mid-run: the driver says so in one line within
+    seconds (Ray alone would end it after a minute, silently), exit 1, no temp file left, nothing of
+    Ray's on stderr, and a re-run resumes."""
+    pytest.importorskip("ray")
+    manifest = _manifest_for_signals(tmp_path, 3000)
+    out = tmp_path / "out"
+    driver = subprocess.Popen([ROICLI, "batch", str(manifest), "-o", str(out), "--engine", "ray", "-q"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None and (not out.is_dir() or _count_outputs(out) < 20):
+            time.sleep(0.2)
+        gcs = [p for p in _descendants(driver.pid) if "gcs_server" in (Path("/proc") / str(p) / "cmdline").read_bytes()
+               .decode(errors="replace")]  # fmt: skip
+        assert driver.poll() is None and gcs, "the job ended before the head was killed; make it longer"
+        killed = time.monotonic()
+        for p in gcs:
+            os.kill(p, signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=50)
+        took = time.monotonic() - killed
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1 and took < 40, (driver.returncode, took)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Ray cluster: its head") and "Ray's log" in lines[0], stderr
+    assert not list(out.glob(".*.tmp"))
+    done = _count_outputs(out)
+    assert 20 <= done < 3000
+
+
 def test_disk_full_is_recorded_and_ends_the_job_with_a_clear_message(job, monkeypatch):
     """Issue 9 items 9 and 21: a full disk in `batch` ends in a one-line message (not an internal
     error), with what failed in errors.jsonl and the complete outputs kept."""

@@ -334,7 +334,7 @@ def ray_output_to_log() -> Iterator[str]:
     old_stderr = sys.stderr
     ray_logger = logging.getLogger("ray")
     handler = logging.StreamHandler(open(fd, "w", buffering=1, closefd=False))
-    old_propagate = ray_logger.propagate
+    old_propagate, old_handlers, old_last_resort = ray_logger.propagate, ray_logger.handlers[:], logging.lastResort
     try:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -347,11 +347,13 @@ def ray_output_to_log() -> Iterator[str]:
                 sys.stderr = open(os.dup(saved[2]), "w", buffering=1, encoding=old_stderr.encoding or "utf-8")
         for n in saved:
             os.dup2(fd, n)
-        ray_logger.addHandler(handler)
+        ray_logger.handlers = [handler]  # Ray's own handler writes to whatever sys.stderr is now
         ray_logger.propagate = False
+        logging.lastResort = handler  # records of loggers with no handler (Ray's Cython core logs some)
         yield log
     finally:
-        ray_logger.removeHandler(handler)
+        logging.lastResort = old_last_resort
+        ray_logger.handlers = old_handlers
         ray_logger.propagate = old_propagate
         for n, dup in saved.items():
             os.dup2(dup, n)
@@ -386,13 +388,48 @@ def check_address(address: str, timeout: float = 3.0) -> None:
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"{{address}}: expected HOST:PORT (or ray://HOST:PORT), got {address!r}", param="address")
-    host = host.strip("[]") or "127.0.0.1"
+    why = _unreachable(host.strip("[]") or "127.0.0.1", int(port), timeout)
+    if why:
+        raise EngineError(f"{{address}} {address}: cannot reach a Ray cluster ({why})", param="address")
+
+
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    """None when something accepts a TCP connection at host:port within `timeout` seconds, else why not."""
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
     except OSError as e:
-        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise EngineError(f"{{address}} {address}: cannot reach a Ray cluster ({why})", param="address") from None
+        return "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+
+
+class _Head:
+    """Watches a Ray cluster's head (its GCS, `HOST:PORT`) from the driver: with the head gone, Ray
+    would end this process after a minute without a word. `result` is `ray.get` that checks, about
+    once a second, that the head still answers, and raises one line when it does not."""
+
+    def __init__(self, ray, gcs: str, log: str):
+        self.ray, self.gcs, self.log, self.checked = ray, gcs, log, time.monotonic()
+
+    def result(self, ref) -> dict:
+        while True:
+            try:
+                value = self.ray.get(ref, timeout=1.0)
+            except self.ray.exceptions.GetTimeoutError:
+                value = None
+            if time.monotonic() - self.checked >= 1.0:
+                self.check()
+            if value is not None:
+                return value
+
+    def check(self) -> None:
+        host, _, port = self.gcs.rpartition(":")
+        why = _unreachable(host.strip("[]"), int(port), 3.0) if port.isdigit() else None
+        self.checked = time.monotonic()
+        if why:
+            raise EngineError(
+                f"Ray cluster: its head (GCS at {self.gcs}) stopped answering ({why}); complete outputs are "
+                f"kept, run again to resume (Ray's log: {self.log})"
+            )
 
 
 def _ray_error(e: BaseException, address: str | None, log: str) -> EngineError:
@@ -427,14 +464,15 @@ def _ray(
                 started = True
             task = ray.remote(num_cpus=1, max_retries=1)(_ray_item)
             spec_ref = ray.put(spec)
+            head = _Head(ray, ray.get_runtime_context().gcs_address, log)
             in_flight = max(2 * workers, 2 * int(ray.available_resources().get("CPU", 1)))
             window: deque = deque()
             for it in items:
                 window.append(task.remote(it, spec_ref, outdir, fsync, strict))
                 if len(window) >= in_flight:
-                    yield ray.get(window.popleft())
+                    yield head.result(window.popleft())
             while window:
-                yield ray.get(window.popleft())
+                yield head.result(window.popleft())
             ok = True
         except GeneratorExit:  # stopped early (--on-error stop): not Ray's fault
             ok = True

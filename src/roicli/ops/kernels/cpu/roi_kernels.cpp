@@ -12,16 +12,19 @@
 //     A forward item is (image n, block of CB channels, chunk of that image's RoIs); a backward item
 //     is (image n, block of CB channels) and owns grad_input[n, block] alone: no atomics, and every
 //     sum runs in a fixed order whatever the number of threads (deterministic).
-//   * An item reads its channel block through a small channels-last buffer [rows, cols, CB] (1.7 MB
-//     for a 200x272 map in float32: it stays in L2) covering only the pixels its RoIs touch, copied
-//     from any layout (NCHW through 8x8 register transposes). Each tap is then one contiguous load
-//     of CB channels: the CB lanes are one GCC vector (explicit SIMD, whatever -march gives).
+//   * An item reads its channel block through a channels-last buffer [rows, cols, CB] covering only
+//     the pixels its RoIs touch, copied from any layout (NCHW through 8x8 register transposes). Each
+//     tap is then one contiguous load of CB channels: the CB lanes are one GCC vector (explicit SIMD,
+//     whatever -march gives); CB is 16 (an AVX-512 register of float32) or 8, see `lanes_for`.
 //     Reading a channels-last input in place was tried: every tap is then its own far cache line,
 //     3x slower than the copy. A backward item sums into such a buffer and transposes it into
 //     grad_input once (roi_pool's float32/float64 backward sums straight into grad_input).
-//   * The forward visits an image's RoIs top to bottom (each RoI's output is its own, so the order
-//     changes no bit) so consecutive RoIs reuse cached rows; the backward keeps the RoI order, which
-//     with torchvision's per-sample arithmetic gives torchvision's gradients bit for bit.
+//   * The forward visits an image's RoIs by their last row, top to bottom (each RoI's output is its
+//     own, so the order changes no bit), and copies its block a band of rows at a time just before
+//     the RoIs that read them (BlockRows): what a RoI reads is in L2 even when the block (3.5 MB for
+//     16 channels of a 200x272 map) is not. The backward keeps the RoI order, which with
+//     torchvision's per-sample arithmetic gives torchvision's gradients bit for bit.
+//   * Big outputs are allocated on transparent huge pages where the system allows it (new_output).
 //   * roi_align avg follows torchvision's arithmetic exactly (w1..w4 products, ((w1 v1 + w2 v2) +
 //     w3 v3) + w4 v4 per sample, / count; backward (g * w) / count): float32 and float64 results equal
 //     torchvision's CPU kernels bit for bit. Half types are read into float32 and rounded once.
@@ -42,6 +45,10 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 namespace {
 
@@ -99,6 +106,27 @@ inline void transpose8(v8f r[8]) {
     r[i] = __builtin_shuffle(u[i], u[i + 4], v8i{0, 1, 2, 3, 8, 9, 10, 11});
     r[i + 4] = __builtin_shuffle(u[i], u[i + 4], v8i{4, 5, 6, 7, 12, 13, 14, 15});
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// outputs
+// ------------------------------------------------------------------------------------------------
+// A big output is asked for transparent huge pages before it is first written (Linux, where THP is in
+// "madvise" mode; harmless where it is "always" or "never"): the first touch of a fresh buffer then costs
+// one fault per 2 MB instead of one per 4 kB page, which for a 50 MB output is most of the time spent
+// filling it. Only the whole 2 MB pages inside the buffer are advised; the allocation is torch's own.
+constexpr int64_t kHugePage = int64_t(1) << 21;
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (int64_t(t.nbytes()) >= 4 * kHugePage) {
+    const auto begin = (reinterpret_cast<uintptr_t>(t.data_ptr()) + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
+    const auto end = (reinterpret_cast<uintptr_t>(t.data_ptr()) + t.nbytes()) & ~uintptr_t(kHugePage - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice: errors ignored
+  }
+#endif
+  return t;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -162,12 +190,13 @@ struct ByImage {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t i = 0; i < k; ++i) order[fill[batch[i]]++] = i;
   }
-  // Forward only (each RoI's output is its own): visit an image's RoIs top to bottom, so that
-  // consecutive RoIs read overlapping rows of the channel block while they are still in cache.
+  // Forward only (each RoI's output is its own): visit an image's RoIs by their last row, top to
+  // bottom, so that the channel block is copied a band of rows at a time just before the RoIs that
+  // read it (see BlockRows), and consecutive RoIs read overlapping rows while they are in cache.
   void sort_by_rows(const std::vector<std::pair<int64_t, int64_t>>& span) {
     for (size_t i = 0; i + 1 < start.size(); ++i)
       std::stable_sort(order.begin() + start[i], order.begin() + start[i + 1],
-                       [&](int64_t a, int64_t b) { return span[a].first + span[a].second < span[b].first + span[b].second; });
+                       [&](int64_t a, int64_t b) { return span[a].second < span[b].second; });
   }
 };
 
@@ -184,15 +213,16 @@ struct Planes {  // a [N, C, H, W] tensor's strides
   explicit Planes(const at::Tensor& t) : sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
 };
 
-// Channels [c0, c0 + cn) of image n over `box`, channels-last in the accumulation dtype: read in place
-// when the input already is, else copied into `buf` ([rows, cols, CB], lanes past cn zero).
+// Rows [ya, yb) of channels [c0, c0 + cn) of image n over `box`, copied channels-last in the accumulation
+// dtype into `buf` ([rows, cols, CB] from box.y0, lanes past cn zero).
 template <int64_t CB, typename S, typename A>
-View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn, const Box& box, A* buf) {
+void copy_rows(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn, const Box& box, A* buf, int64_t ya,
+               int64_t yb) {
   // A channels-last input is copied too: read in place, each tap would be its own cache line far
   // away in memory (3x slower), while the copy reads it once, contiguously.
   const S* src = in + n * st.sn + c0 * st.sc;
   const int64_t bw = box.x1 - box.x0;
-  for (int64_t y = box.y0; y < box.y1; ++y) {
+  for (int64_t y = ya; y < yb; ++y) {
     A* row = buf + (y - box.y0) * bw * CB;
     const S* line = src + y * st.sh + box.x0 * st.sw;
     if (st.sc < st.sw) {  // channels nearer in memory than pixels: read each pixel's channels
@@ -224,8 +254,27 @@ View<A> channel_block(const S* in, const Planes& st, int64_t n, int64_t c0, int6
         for (int64_t x = x0; x < bw; ++x) row[x * CB + c] = A(0);
     }
   }
-  return View<A>{buf, bw * CB, CB, box.y0, box.x0};
 }
+
+// A forward item's channel block (`copy_rows`), copied on demand a band of rows at a time: `need(y)` before
+// reading rows below y. With the RoIs visited by their last row, the rows a RoI reads were mostly copied
+// just before it, so they are still in L2 even when the whole block is bigger than it.
+template <int64_t CB, typename S, typename A>
+struct BlockRows {
+  const S* in;
+  const Planes& st;
+  int64_t n, c0, cn;
+  Box box;
+  A* buf;
+  int64_t copied;
+  BlockRows(const S* in_, const Planes& st_, int64_t n_, int64_t c0_, int64_t cn_, const Box& box_, A* buf_)
+      : in(in_), st(st_), n(n_), c0(c0_), cn(cn_), box(box_), buf(buf_), copied(box_.y0) {}
+  View<A> view() const { return View<A>{buf, (box.x1 - box.x0) * CB, CB, box.y0, box.x0}; }
+  void need(int64_t y) {
+    y = std::min(y, box.y1);
+    if (y > copied) copy_rows<CB, S, A>(in, st, n, c0, cn, box, buf, copied, y), copied = y;
+  }
+};
 
 // grad_input[n, c0:c0+cn] (contiguous [N, C, H, W]) from the channels-last sums `acc` over `box`; zero elsewhere.
 template <int64_t CB, typename S, typename A>
@@ -434,8 +483,8 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
                                                       int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode) {
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
-  at::Tensor argmax = max_mode ? at::empty({k, c, ph, pw}, input.options().dtype(at::kInt))
+  at::Tensor out = new_output({k, c, ph, pw}, input.options());
+  at::Tensor argmax = max_mode ? new_output({k, c, ph, pw}, input.options().dtype(at::kInt))
                                : at::empty({0}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
@@ -455,9 +504,9 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
     Scratch<int32_t, 2> sarg;
-    const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
-                                  : channel_block<CB, S, A>(in, st, img, c0, cn, box,
-                                                        sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    BlockRows<CB, S, A> block(in, st, img, c0, cn, box,
+                              box.empty() ? nullptr : sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    const View<A> v = block.view();
     A* res = sres.get(bins * CB);  // [PH * PW, CB]
     int32_t* arg = max_mode ? sarg.get(bins * CB) : nullptr;
     Scratch<Offs<A>, 3> soy;
@@ -466,6 +515,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
     Scratch<int64_t, 6> snx;
     for (int64_t i = first; i < last; ++i) {
       const int64_t roi = by.order[i];
+      block.need(ay.span[roi].second);
       const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
       const A count = A(std::max<int64_t>(gy * gx, 1));
       if (!max_mode) {
@@ -551,7 +601,7 @@ at::Tensor align_backward_impl(const at::Tensor& grad, const at::Tensor& rois, c
                                int64_t h, int64_t w) {
   using A = acc_t<S>;
   const int64_t k = rois.size(0);
-  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  at::Tensor gi = new_output({n, c, h, w}, grad.options());
   if (gi.numel() == 0) return gi;
   if (k == 0) return gi.zero_();
   const A* r = rois.data_ptr<A>();
@@ -669,8 +719,8 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
                                                      int64_t ph, int64_t pw) {
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
-  at::Tensor argmax = WithArg ? at::empty({k, c, ph, pw}, input.options().dtype(at::kInt))
+  at::Tensor out = new_output({k, c, ph, pw}, input.options());
+  at::Tensor argmax = WithArg ? new_output({k, c, ph, pw}, input.options().dtype(at::kInt))
                               : at::empty({0}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const A* r = rois.data_ptr<A>();
@@ -692,13 +742,14 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& input, co
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
     Scratch<int32_t, 2> sarg;
-    const View<A> v = box.empty() ? View<A>{nullptr, 0, 0, 0, 0}
-                                  : channel_block<CB, S, A>(in, st, img, c0, cn, box,
-                                                        sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    BlockRows<CB, S, A> block(in, st, img, c0, cn, box,
+                              box.empty() ? nullptr : sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    const View<A> v = block.view();
     A* res = sres.get(bins * CB);
     int32_t* arg = sarg.get(bins * CB);
     for (int64_t i = first; i < last; ++i) {
       const int64_t roi = by.order[i];
+      block.need(ay.span[roi].second);
       for (int64_t y = 0; y < ph; ++y) {
         const int64_t y0 = ay.first[roi * ph + y], y1 = ay.last[roi * ph + y];
         for (int64_t x = 0; x < pw; ++x) {
@@ -764,7 +815,7 @@ at::Tensor pool_backward_impl(const at::Tensor& grad, const at::Tensor& rois, co
                               int64_t ph, int64_t pw, int64_t n, int64_t c, int64_t h, int64_t w) {
   using A = acc_t<S>;
   const int64_t k = rois.size(0);
-  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  at::Tensor gi = new_output({n, c, h, w}, grad.options());
   if (gi.numel() == 0) return gi;
   if (k == 0) return gi.zero_();
   const A* r = rois.data_ptr<A>();
@@ -878,7 +929,7 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
                                 int64_t pw, bool aligned) {
   using A = acc_t<S>;
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  at::Tensor out = new_output({k, c, ph, pw}, input.options());
   if (out.numel() == 0) return out;
   const A* r = rois.data_ptr<A>();
   ByImage<A> by(r, k, n);
@@ -895,11 +946,12 @@ at::Tensor precise_forward_impl(const at::Tensor& input, const at::Tensor& rois,
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));
     Scratch<A, 0> sbuf;
     Scratch<A, 1> sres;
-    const View<A> v = channel_block<CB, S, A>(in, st, img, c0, cn, box,
-                                          sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    BlockRows<CB, S, A> block(in, st, img, c0, cn, box, sbuf.get((box.y1 - box.y0) * (box.x1 - box.x0) * CB));
+    const View<A> v = block.view();
     A* res = sres.get(bins * CB);
     for (int64_t i = first; i < last; ++i) {
       const int64_t roi = by.order[i];
+      block.need(ay.span[roi].second);
       for (int64_t y = 0; y < ph; ++y) {
         const int64_t ry = roi * ph + y;
         const double* wy = ay.weight.data() + ay.offset[ry];
@@ -931,7 +983,7 @@ at::Tensor precise_backward_impl(const at::Tensor& grad, const at::Tensor& rois,
                                  int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
   using A = acc_t<S>;
   const int64_t k = rois.size(0);
-  at::Tensor gi = at::empty({n, c, h, w}, grad.options());
+  at::Tensor gi = new_output({n, c, h, w}, grad.options());
   if (gi.numel() == 0) return gi;
   if (k == 0) return gi.zero_();
   const A* r = rois.data_ptr<A>();
@@ -991,10 +1043,12 @@ decltype(auto) dispatch(at::ScalarType t, const F& f) {
 }
 
 // The channels per block of a call on a map of h x w pixels in accumulation dtype `data` (see kLaneBudget).
-int64_t lanes_for(int64_t c, int64_t h, int64_t w, at::ScalarType data) {
+// A forward copies its block a band of rows at a time (BlockRows), so only a backward, which sums into
+// a buffer of the whole block, keeps narrow blocks on big maps.
+int64_t lanes_for(int64_t c, int64_t h, int64_t w, at::ScalarType data, bool forward) {
 #ifdef __AVX512F__
   const int64_t bytes = h * w * 16 * (data == at::kDouble ? 8 : 4);
-  return c > 8 && bytes <= kLaneBudget ? 16 : 8;
+  return c > 8 && (forward || bytes <= kLaneBudget) ? 16 : 8;
 #else
   return 8;
 #endif
@@ -1022,7 +1076,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_forward(const at::Tensor& input, co
                                                      int64_t ph, int64_t pw, int64_t sr, bool aligned, int64_t mode) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type(), true), [&](auto cb) {
     return dispatch(input.scalar_type(), [&](auto s) {
       return align_forward_impl<decltype(cb)::value, decltype(s)>(input, rois, scale, ph, pw, sr, aligned, mode == 1);
     });
@@ -1036,7 +1090,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, co
   check_plane(h, w);
   TORCH_CHECK(mode != 1 || (argmax.is_contiguous() && argmax.scalar_type() == at::kInt),
               "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
-  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type(), false), [&](auto cb) {
     return dispatch(grad.scalar_type(), [&](auto s) {
       return align_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, argmax, scale, ph, pw, sr, aligned, mode == 1, n, c, h, w);
     });
@@ -1047,7 +1101,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward(const at::Tensor& input, con
                                                     int64_t ph, int64_t pw) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type(), true), [&](auto cb) {
     return dispatch(input.scalar_type(), [&](auto s) {
       return pool_forward_impl<decltype(cb)::value, decltype(s), true>(input, rois, scale, ph, pw);
     });
@@ -1057,7 +1111,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward(const at::Tensor& input, con
 at::Tensor roi_pool_values(const at::Tensor& input, const at::Tensor& rois, double scale, int64_t ph, int64_t pw) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type(), true), [&](auto cb) {
     return dispatch(input.scalar_type(), [&](auto s) {
       return std::get<0>(pool_forward_impl<decltype(cb)::value, decltype(s), false>(input, rois, scale, ph, pw));
     });
@@ -1070,7 +1124,7 @@ at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, con
   check_plane(h, w);
   TORCH_CHECK(argmax.is_contiguous() && argmax.scalar_type() == at::kInt,
               "roicli cpu kernels: expected a contiguous int32 argmax, got ", argmax.scalar_type());
-  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type(), false), [&](auto cb) {
     return dispatch(grad.scalar_type(), [&](auto s) {
       return pool_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, argmax, scale, ph, pw, n, c, h, w);
     });
@@ -1081,7 +1135,7 @@ at::Tensor precise_roi_pool_forward(const at::Tensor& input, const at::Tensor& r
                                     int64_t pw, bool aligned) {
   check_rois(rois, input.scalar_type());
   check_plane(input.size(2), input.size(3));
-  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(input.size(1), input.size(2), input.size(3), rois.scalar_type(), true), [&](auto cb) {
     return dispatch(input.scalar_type(), [&](auto s) {
       return precise_forward_impl<decltype(cb)::value, decltype(s)>(input, rois, scale, ph, pw, aligned);
     });
@@ -1092,7 +1146,7 @@ at::Tensor precise_roi_pool_backward(const at::Tensor& grad, const at::Tensor& r
                                      int64_t pw, bool aligned, int64_t n, int64_t c, int64_t h, int64_t w) {
   check_rois(rois, grad.scalar_type());
   check_plane(h, w);
-  return with_lanes(lanes_for(c, h, w, rois.scalar_type()), [&](auto cb) {
+  return with_lanes(lanes_for(c, h, w, rois.scalar_type(), false), [&](auto cb) {
     return dispatch(grad.scalar_type(), [&](auto s) {
       return precise_backward_impl<decltype(cb)::value, decltype(s)>(grad, rois, scale, ph, pw, aligned, n, c, h, w);
     });

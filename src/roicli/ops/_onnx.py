@@ -98,6 +98,8 @@ def onnx_translation_table() -> dict[Callable, Callable]:
     custom_translation_table=...)`. Merge it with your own table if you have one."""
     from onnxscript import opset18 as op
 
+    from roicli.ops import _multiscale_op
+
     def rois_parts(rois, like):
         batch = op.Cast(op.Squeeze(op.Slice(rois, [0], [1], [1]), [1]), to=7)  # 7: INT64
         return op.CastLike(op.Slice(rois, [1], [5], [1]), like), batch
@@ -128,4 +130,5 @@ def onnx_translation_table() -> dict[Callable, Callable]:
         ops.roi_align.default: roi_align,
         ops.roi_pool.default: roi_pool,
         ops.precise_roi_pool.default: precise_roi_pool,
+        **_multiscale_op.onnx_translations(roi_align),  # every level pooled with roi_align, picked by Where
     }

@@ -1,32 +1,23 @@
-"""RoI Align over a feature pyramid (FPN, Lin et al. 2017), like torchvision's MultiScaleRoIAlign."""
+"""RoI Align over a feature pyramid (FPN, Lin et al. 2017), like torchvision's MultiScaleRoIAlign.
+
+The front door validates and normalizes, then calls the operator `torch.ops.roicli.multiscale_roi_align`
+(see `_multiscale_op`), which splits the RoIs by level inside its kernel: compiled, exported, traced
+and scripted graphs hold one node for it.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
-from roicli.ops import _scripted
+from roicli.ops import _multiscale_op, _scripted
+from roicli.ops._multiscale_op import fpn_levels
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
-from roicli.ops.roi_align import roi_align
 
-
-def fpn_levels(
-    rois: Tensor, scales: Sequence[float], canonical_size: float = 224, canonical_level: int = 4
-) -> Tensor:
-    """Pyramid level (an index into `scales`) of each RoI: FPN eq. 1.
-
-    `k = floor(canonical_level + log2(sqrt(w * h) / canonical_size) + 1e-6)`, clamped to the levels
-    present; level k has stride 2**k. rois `Tensor[K, 5]` in image pixels -> `Tensor[K]` (int64).
-    """
-    k_min = round(-math.log2(scales[0]))
-    k_max = round(-math.log2(scales[-1]))
-    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-    k = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_size) + 1e-6)
-    return (torch.clamp(k, min=k_min, max=k_max).to(torch.int64) - k_min).to(torch.int64)
+__all__ = ["fpn_levels", "multiscale_roi_align", "pool_levels"]
 
 
 def multiscale_roi_align(
@@ -51,8 +42,10 @@ def multiscale_roi_align(
 
     Returns:
         Tensor[K, C, PH, PW] in input RoI order (use `fpn_levels` to see each RoI's level).
-    Checks: as `roi_align`, except that the boxes' values are also checked here in eager mode
-    (the levels depend on them); scripted or traced, each level's roi_align operator checks them.
+    Checks: shapes, dtypes, devices and arguments here (also while tracing or compiling); the
+    boxes' values (finite, batch index an integer in `[0, N)`), before the levels are assigned, in
+    the `torch.ops.roicli.multiscale_roi_align` operator whenever it runs (eagerly or inside a
+    compiled, exported, traced or scripted graph). Both raise ValidationError.
     """
     if not isinstance(features, Sequence) or len(features) == 0:
         raise ValidationError("features: expected a non-empty list of Tensor[N, C, H, W]")
@@ -64,7 +57,9 @@ def multiscale_roi_align(
         )
     first = features[0]
     for i, f in enumerate(features[1:], start=1):
-        if f.shape[:2] != first.shape[:2] or f.device != first.device or f.dtype != first.dtype:
+        # (A trace reads shapes as tensors: comparing them would warn, and would be a constant anyway.)
+        same_nc = torch.jit.is_tracing() or f.shape[:2] == first.shape[:2]
+        if not same_nc or f.device != first.device or f.dtype != first.dtype:
             raise ValidationError(
                 f"features[{i}]: expected N, C, dtype and device of features[0] "
                 f"({tuple(first.shape[:2])}, {first.dtype}, {first.device}), "
@@ -73,11 +68,12 @@ def multiscale_roi_align(
     if any(s <= 0 for s in scales):
         raise ValidationError(f"scales: expected positive values, got {list(scales)}")
     ph, pw = to_pair(output_size)
-    rois = as_rois(boxes, first)
-    levels = fpn_levels(rois, scales, canonical_size, canonical_level)
-    return pool_levels(
-        lambda feat, r, scale: roi_align(feat, r, (ph, pw), scale, sampling_ratio, aligned),
-        features, rois, levels, scales,
+    if not isinstance(sampling_ratio, int) or isinstance(sampling_ratio, bool):
+        raise ValidationError(f"sampling_ratio: expected an int, got {sampling_ratio!r}")
+    rois = as_rois(boxes, first, values=False)  # the operator checks the values
+    return torch.ops.roicli.multiscale_roi_align.default(
+        list(features), rois, [float(s) for s in scales], ph, pw, sampling_ratio, bool(aligned),
+        float(canonical_size), int(canonical_level),
     )
 
 
@@ -107,4 +103,4 @@ def pool_levels(
     return out
 
 
-_scripted._scriptable(multiscale_roi_align, _scripted.multiscale_roi_align)
+_scripted._scriptable(multiscale_roi_align, _multiscale_op.scripted_multiscale_roi_align)

@@ -55,12 +55,18 @@ def _module(output_size=(2, 3), sampling_ratio=2, aligned=False):
 
 
 def _per_level_eager(features, boxes, output_size=(2, 3), sampling_ratio=2, aligned=False):
-    """The front door before the operator: levels, then roi_align per level, in input order."""
+    """The front door before the operator, as it was: levels, then the roi_align front door per
+    level, each level's result put in input order (out of place)."""
     rois = as_rois(boxes, features[0])
     levels = ops.fpn_levels(rois, SCALES, *CANONICAL)
-    return ops.pool_levels(
-        lambda f, r, s: ops.roi_align(f, r, output_size, s, sampling_ratio, aligned), features, rois, levels, SCALES
-    )
+    out = None
+    for lvl, (feat, scale) in enumerate(zip(features, SCALES, strict=True)):
+        idx = torch.nonzero(levels == lvl).squeeze(1)
+        if idx.numel():
+            pooled = ops.roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned)
+            out = pooled.new_zeros((len(rois), *pooled.shape[1:])) if out is None else out
+            out = out.index_put((idx,), pooled)
+    return out
 
 
 def _value_and_grads(fn, features, boxes):
@@ -131,6 +137,28 @@ def test_no_rois_and_inverted_boxes():
     out = _call(features, inverted)
     assert torch.equal(out[0], torch.zeros(3, 2, 3))
     assert torch.equal(out[1], _per_level_eager(features, inverted[1:])[0])
+    assert torch.equal(_call(features, inverted[:1]), torch.zeros(1, 3, 2, 3))  # only RoIs of no level
+
+
+@pytest.mark.parametrize("op_name", ["roi_align", "roi_pool"])
+def test_pool_levels_puts_each_level_in_input_order(op_name):
+    """`pool_levels` (eager, any op): with roi_align it is the operator, values and gradients;
+    with roi_pool each row is that RoI pooled alone on its level."""
+    features, rois = _pyramid(dtype=torch.float64), _boxes(15, 4).double()
+    levels = ops.fpn_levels(rois, SCALES, *CANONICAL)
+    if op_name == "roi_align":
+        got = _value_and_grads(
+            lambda f, b: ops.pool_levels(lambda m, r, s: ops.roi_align(m, r, (2, 3), s, 2), f, b, levels, SCALES),
+            features, rois,
+        )
+        _assert_same(got, _value_and_grads(_call, features, rois), exact=True)
+        return
+    got = ops.pool_levels(lambda m, r, s: ops.roi_pool(m, r, 2, s), features, rois, levels, SCALES)
+    for k in range(len(rois)):
+        lvl = int(levels[k])
+        assert_close(got[k], ops.roi_pool(features[lvl], rois[k:k + 1], 2, SCALES[lvl])[0], atol=0, rtol=0)
+    none = ops.pool_levels(lambda m, r, s: ops.roi_pool(m, r, 2, s), features, rois, levels + 7, SCALES)
+    assert torch.equal(none, torch.zeros(15, 3, 2, 2, dtype=torch.float64))  # no RoI of any level: zeros
 
 
 def test_values_are_checked_with_the_row_of_the_whole_set():
@@ -345,3 +373,16 @@ def test_compiled_module_matches_torchvision():
             want = _value_and_grads(lambda f, b: _torchvision_pooler(f, b, (3, 3), 2), features, boxes)
             _assert_same(got, want)
     torch._dynamo.reset()
+
+
+def test_boxes_of_no_level_like_torchvision():
+    """x2 < x1 (negative area, no level): torchvision's pooler gives zeros there too."""
+    pytest.importorskip("torchvision")
+    features = _pyramid(dtype=torch.float64)
+    boxes = torch.tensor([[0, 30.0, 4, 10, 20], [0, 2.0, 3, 40, 50], [1, 5.0, 5, 9, 2]], dtype=torch.float64)
+    _assert_same(
+        _value_and_grads(lambda f, b: _call(f, b, (3, 3)), features, boxes),
+        _value_and_grads(lambda f, b: _torchvision_pooler(f, b, (3, 3), 2), features, boxes),
+    )
+    only = boxes[[0, 2]]
+    assert_close(_call(features, only, (3, 3)), _torchvision_pooler(features, only, (3, 3), 2), atol=0, rtol=0)

@@ -87,7 +87,9 @@ def pool_levels(
     """`op(features[l], rois_of_level_l, scales[l])` for each level; results in input RoI order.
 
     rois `Tensor[K, 5]`, levels `Tensor[K]` (from `fpn_levels`). One op call per level, no loop
-    over RoIs.
+    over RoIs. A RoI of no level (a level outside `[0, L)`) gets zeros, as in the operator. For
+    eager use with any op (the operator `multiscale_roi_align` is this with `roi_align`); the
+    split has data-dependent sizes, so it does not compile into one graph.
     """
     out = None
     for lvl, (feat, scale) in enumerate(zip(features, scales)):
@@ -96,10 +98,11 @@ def pool_levels(
             continue
         pooled = op(feat, rois[idx], scale)  # [K_l, C, PH, PW]
         if out is None:
-            out = pooled.new_zeros((rois.shape[0], *pooled.shape[1:]))
-        out = out.index_put((idx,), pooled)
-    if out is None:  # no RoIs at all
-        out = op(features[0], rois, scales[0])
+            out = pooled.new_zeros((rois.shape[0], *pooled.shape[1:]))  # [K, C, PH, PW]
+        out.index_put_((idx,), pooled)  # in place: no copy of the whole output per level
+    if out is None:  # no RoI of any level: the output's shape from an empty call
+        empty = op(features[0], rois[:0], scales[0])  # [0, C, PH, PW]
+        out = empty if rois.shape[0] == 0 else empty.new_zeros((rois.shape[0], *empty.shape[1:]))
     return out
 
 

@@ -316,7 +316,8 @@ def test_roi_pool_special_values_and_channel_groups(dtype, group_channels, monke
     """NaN never wins (the running max starts at -FLT_MAX), -0.0 ties with 0.0, and the result does
     not depend on how many channels are pooled at once (the torch kernels' channel groups: forced)."""
     monkeypatch.setenv("ROICLI_KERNEL", "torch")
-    monkeypatch.setattr(importlib.import_module("roicli.ops.roi_pool"), "_TABLE_ELEMENTS", group_channels * 2 * 7 * 23)
+    # groups of `group_channels` channels of int64 keys (of values or pairs: as many bytes)
+    monkeypatch.setattr(importlib.import_module("roicli.ops.roi_pool"), "TABLE_BYTES", group_channels * 2 * 7 * 23 * 8)
     gen = torch.Generator().manual_seed(group_channels)
     x = torch.randint(-2, 3, (2, 5, 7, 23), generator=gen).to(F64)
     x.view(-1)[torch.randperm(x.numel(), generator=gen)[:300]] = math.nan
@@ -655,7 +656,8 @@ def test_channel_groups_and_layouts_give_the_same_forward_and_gradient(op_name, 
 
     want = run(x0)
     for module in ("roicli.ops._gather", "roicli.ops.roi_pool"):
-        monkeypatch.setattr(importlib.import_module(module), "_TABLE_ELEMENTS", 2 * 8 * 9)  # one channel per group
+        # 144 float32 elements per group (as many bytes of float64 or int64): one channel of the 8 x 9 map
+        monkeypatch.setattr(importlib.import_module(module), "TABLE_BYTES", 2 * 8 * 9 * 4)
     for x in (x0, x0.contiguous(memory_format=torch.channels_last)):
         got = run(x)
         assert_close(got[0], want[0], atol=0, rtol=0)

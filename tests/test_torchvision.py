@@ -423,7 +423,7 @@ def test_roi_pool_special_values(dtype):
 @pytest.mark.parametrize("output_size", [(1, 1), (1, 7), (7, 1), (2, 14), (14, 3)], ids=str)
 def test_roi_pool_elongated_windows_and_channel_groups(output_size, dtype, monkeypatch):
     """Bins from 1 pixel to the whole map, aspect ratios up to ~40, channels pooled a few at a time."""
-    monkeypatch.setattr(roi_pool_module, "_TABLE_ELEMENTS", 2 * (2 * 9 * 41))  # 2 channels per group
+    monkeypatch.setattr(roi_pool_module, "TABLE_BYTES", 2 * (2 * 9 * 41) * 8)  # 2 channels of int64 keys per group
     gen = _gen("roi_pool_elongated", output_size, dtype)
     x = torch.relu(torch.randn((2, 5, 9, 41), generator=gen, dtype=torch.float64)).mul(4).round().to(dtype)
     rois = torch.tensor(

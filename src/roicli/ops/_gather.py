@@ -20,8 +20,6 @@ from roicli.ops._validate import compute_dtype
 _CHUNK_ENTRIES = 1 << 22
 # Elements per tile when transposing a channels-last gradient back to NCHW (2-3x faster than one copy).
 _TILE = 1 << 17
-# Elements of the channels-last buffer one group of channels goes through (16 MiB of float32).
-_TABLE_ELEMENTS = 1 << 22
 
 
 def nhwc_table(input: Tensor, dtype: torch.dtype) -> Tensor:
@@ -131,7 +129,7 @@ def separable_mean_backward(grad: Tensor, base, rows, row_w, cols, col_w, compac
     g_rows = grad.permute(0, 2, 3, 1).to(dtype).reshape(k * ph * pw, c)  # one row per bin
     grad_input = grad.new_empty((n, c, h, w))
     hw = h * w
-    for g in _channel_slices(c, n * h * w):
+    for g in _channel_slices(c, n * h * w, dtype.itemsize):
         grad_hwc = F.embedding_bag(bag, g_rows[:, g].contiguous(), offsets, mode="sum", per_sample_weights=weight)
         tile = max(256, _TILE // grad_hwc.shape[1])  # pixels
         for i in range(n):  # tiled transpose: [H*W, Cg] -> [Cg, H*W]
@@ -152,16 +150,22 @@ def _channel_groups(input: Tensor, dtype: torch.dtype):
     if hwc.is_contiguous() and input.dtype == dtype:
         yield slice(0, c), hwc.reshape(n * h * w, c)
         return
-    slices = _channel_slices(c, n * h * w)
+    slices = _channel_slices(c, n * h * w, dtype.itemsize)
     buf = torch.empty(n * h * w * (slices[0].stop - slices[0].start), dtype=dtype, device=input.device)
     for g in slices:
         table = buf[: n * h * w * (g.stop - g.start)].view(n, h, w, g.stop - g.start)
         yield g, table.copy_(hwc[..., g]).view(n * h * w, -1)
 
 
-def _channel_slices(c: int, pixels: int) -> list[slice]:
-    """Groups of channels of about `_TABLE_ELEMENTS` elements over `pixels` pixels."""
-    step = max(1, min(c, _TABLE_ELEMENTS // pixels))
+# Bytes of one group of channels' working table, for every op that goes through the map a group of
+# channels at a time: the averaging ops' channels-last buffer here, roi_pool's sparse tables. Bounds
+# their memory whatever C is (16 MiB: 4 Mi float32 elements, 2 Mi int64 keys).
+TABLE_BYTES = 1 << 24
+
+
+def _channel_slices(c: int, pixels: int, itemsize: int) -> list[slice]:
+    """Groups of channels whose table of `pixels` rows of `itemsize`-byte elements fits in TABLE_BYTES."""
+    step = max(1, min(c, TABLE_BYTES // (pixels * itemsize)))
     return [slice(g0, min(c, g0 + step)) for g0 in range(0, c, step)]
 
 

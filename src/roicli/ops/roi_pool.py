@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -12,6 +13,7 @@ from roicli.ops import (
     _library,
     _scripted,
 )
+from roicli.ops._gather import TABLE_BYTES
 from roicli.ops._validate import BoxesLike, as_rois, check_input, compute_dtype, is_tracing, to_pair
 
 
@@ -77,14 +79,22 @@ def pool_windows(
     return lo, first.clamp(0, size), last.clamp(0, size)
 
 
-def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True):
-    """Max over each integer bin, and (with `with_arg`) its first row-major argmax.
+# --------------------------------------------------------------------------- the pure-torch kernel
+#
+# The argmax contract (what the forward returns beside the output and all that the backward reads;
+# every kernel module keeps it, see kernels/__init__.py):
+#   Tensor[K, C, PH, PW], int32 like torchvision's. For each bin: the pixel of the first maximum of
+#   its window in row-major order, as h * W + w inside the channel plane. NaN never wins. -1 when
+#   the bin has no maximum: an empty window (output 0), or a window of only NaN and -inf (output
+#   -FLT_MAX, as torchvision's running max that starts at -FLT_MAX and takes only a strictly larger
+#   value). The backward adds each bin's gradient at its argmax and drops the bins with -1.
 
-    Returns the pooled `Tensor[K, C, PH, PW]` and the argmax `Tensor[K, C, PH, PW]` (int32) as
-    `h * W + w` inside the channel plane, like torchvision's (None without `with_arg`). Like
-    torchvision's running max, which starts at -FLT_MAX and skips NaN, a bin whose elements are
-    all -inf or NaN gives -FLT_MAX; it, and an empty bin (0), has no argmax: -1.
-    """
+_FLT_MAX = torch.finfo(torch.float32).max
+
+
+def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, with_arg: bool = True):
+    """The pooled `Tensor[K, C, PH, PW]` and, with `with_arg`, its argmax (see the contract above;
+    None without `with_arg`)."""
     n, c, h, w = input.shape
     k = rois.shape[0]
     dev = input.device
@@ -117,7 +127,7 @@ def _pool_forward(input: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: 
 
 
 def _pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
-    """Each bin's gradient to its argmax pixel (`Tensor[K, C, PH, PW]` from `_pool_forward`)."""
+    """Each bin's gradient to its argmax pixel (`Tensor[K, C, PH, PW]`, see the contract above)."""
     size = n * c * h * w
     plane = ((rois[:, 0].long() * c)[:, None] + torch.arange(c, device=grad.device)) * (h * w)  # [K, C]
     # Channel-major order: the scatter below stays in one channel plane at a time (cache-friendly).
@@ -127,40 +137,135 @@ def _pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, n: int, c: int, h
     return grad_input[:size].view(n, c, h, w)
 
 
-_FLT_MAX = torch.finfo(torch.float32).max
-# Elements in one level table (one group of channels): bounds memory whatever C is.
-_TABLE_ELEMENTS = 1 << 21
+# --------------------------------------------------------------------------- the sparse table
+#
+# Table (a, b) holds, at every pixel, the max of the 2^a x 2^b block whose top-left corner is there.
+# The tables form a chain (0, 0), (0, 1), (1, 1), (1, 2), ...: link 2a is table (a, a), link 2a + 1
+# table (a, a + 1), each made from the one before by one shifted elementwise max over the whole map
+# (along x into an odd link, along y into an even one). A window of h x w pixels with
+# 2^i <= h < 2^(i+1) and 2^j <= w < 2^(j+1) is the union of overlapping blocks of the largest table
+# of the chain that fits in it, so it costs 4 lookups when |i - j| <= 1 (twice that per further
+# doubling of its aspect ratio), whatever its size. Tables are `Tensor[N*H*W, Cg]` (one row per
+# pixel, a group of channels at a time), and a table element is one of three kinds below.
 
 
-def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[Tensor, ...]):
-    """Per-channel max over windows `[y0, y1) x [x0, x1)` (non-empty) of images `b` (`Tensor[B]` each).
+class _Values:
+    """Elements when no argmax is wanted: the values, in the compute dtype. NaN is held as -inf."""
 
-    Yields `(carried, channels, value, pixel)` for one group of channels at a time: `carry`'s
-    tensors (`Tensor[B, ...]`) permuted like the windows' results, the slice of `channels`, the
-    max `Tensor[B, channels]` in the compute dtype (NaN counts as -inf) and, with `with_arg`, its
-    first pixel in row-major order as a flat N*H*W index (else None).
+    def __init__(self, dtype: torch.dtype):
+        self.dtypes = (dtype,)
 
-    A sparse table: table (a, b) holds, at every pixel, the max of the 2^a x 2^b block starting
-    there. The tables form a chain (0, 0), (0, 1), (1, 1), (1, 2), ..., each made from the one
-    before by a single shifted elementwise max over the whole map (along x, then along y). A window
-    of h x w pixels with 2^i <= h < 2^(i+1) (and j for w) is the union of overlapping blocks of the
-    largest table that fits, so it costs 4 lookups when |i - j| <= 1 (and twice that per further
-    doubling of its aspect ratio) whatever its size. For the argmax the tables hold (value, pixel)
-    pairs ordered by value and, among equal values, by the smaller pixel. In float32 a pair is one
-    int64 key (the value's bits made order-preserving, above the complement of the pixel), so a
-    table is still a single `maximum`.
+    def encode(self, chunk: Tensor, dst: tuple[Tensor, ...], scratch: _Scratch) -> None:
+        _load_values(chunk, dst[0])
+
+    def max2(self, a, b, out=None) -> tuple[Tensor, ...]:
+        return (torch.maximum(a[0], b[0], out=None if out is None else out[0]),)
+
+    def reduce(self, found: tuple[Tensor, ...], out: tuple[Tensor, ...]) -> None:
+        """`out` = the max over the lookups (`found`: `Tensor[lookups, windows, Cg]` each)."""
+        torch.amax(found[0], 0, out=out[0])
+
+    def decode(self, best: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        return best[0], None
+
+
+class _Pairs:
+    """Elements with their argmax, any dtype: (value, pixel) as two tables, the value in the compute
+    dtype and the pixel its flat N*H*W index (int64). Of two elements the larger value wins and, among
+    equal values, the smaller pixel: the first in row-major order."""
+
+    def __init__(self, dtype: torch.dtype, size: int, device: torch.device):
+        self.dtypes = (dtype, torch.long)
+        self.pixel = torch.arange(size, device=device)[:, None]  # [N*H*W, 1]
+
+    def encode(self, chunk: Tensor, dst: tuple[Tensor, ...], scratch: _Scratch) -> None:
+        _load_values(chunk, dst[0])
+        dst[1].copy_(self.pixel.expand(-1, chunk.shape[1]))
+
+    def max2(self, a, b, out=None) -> tuple[Tensor, ...]:
+        take_b = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
+        if out is None:
+            return tuple(torch.where(take_b, y, x) for x, y in zip(a, b, strict=True))
+        return tuple(torch.where(take_b, y, x, out=o) for x, y, o in zip(a, b, out, strict=True))
+
+    def reduce(self, found: tuple[Tensor, ...], out: tuple[Tensor, ...]) -> None:
+        best = tuple(t[0] for t in found)
+        for q in range(1, found[0].shape[0]):
+            best = self.max2(best, tuple(t[q] for t in found))
+        for o, v in zip(out, best, strict=True):
+            o.copy_(v)
+
+    def decode(self, best: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        return best[0], best[1]
+
+
+class _Keys:
+    """Elements with their argmax, float32 only: (value, pixel) packed into one int64 key whose order
+    is the pairs' order, so a table is one tensor and the max of two is one `maximum`.
+
+    High 32 bits: the value's bits made order-preserving as a signed int (a negative float's magnitude
+    bits flipped, after -0.0 -> +0.0 so that both zeros are one); low 32 bits: 2^32 - 1 - pixel (a
+    smaller pixel, a larger key). Needs fewer than 2^31 pixels, and a little-endian machine (decode
+    reads the key's two int32 words in place).
     """
-    n, c, h, w = input.shape
-    size = n * h * w
-    dtype = compute_dtype(input.dtype)
-    keys_fit = dtype == torch.float32 and size < 2**31 and sys.byteorder == "little"  # see _decode
-    kind = "values" if not with_arg else "keys" if keys_fit else "pairs"
-    if y0.shape[0] == 0:
-        return
+
+    dtypes = (torch.long,)
+
+    @staticmethod
+    def fits(dtype: torch.dtype, size: int) -> bool:
+        return dtype == torch.float32 and size < 2**31 and sys.byteorder == "little"
+
+    def __init__(self, size: int, device: torch.device):
+        self.low = 0xFFFFFFFF - torch.arange(size, device=device)[:, None]  # [N*H*W, 1]
+
+    def encode(self, chunk: Tensor, dst: tuple[Tensor, ...], scratch: _Scratch) -> None:
+        n, cg, h, w = chunk.shape
+        value = scratch("value", (n * h * w, cg), torch.float32)
+        bits = _load_values(chunk, value).add_(0.0).view(torch.int32)  # -0.0 + 0.0 = +0.0
+        sign = torch.bitwise_right_shift(bits, 31, out=scratch("sign", bits.shape, torch.int32))
+        bits.bitwise_xor_(sign.bitwise_and_(0x7FFFFFFF))
+        torch.add(self.low, bits, alpha=2**32, out=dst[0])
+
+    max2 = _Values.max2
+    reduce = _Values.reduce
+
+    def decode(self, best: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+        words = best[0].view(torch.int32).unflatten(-1, (-1, 2))  # little-endian: (low, high) words
+        high, low = words[..., 1], words[..., 0]
+        value = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32)
+        return value, torch.bitwise_not(low)  # low = 2**32 - 1 - pixel
+
+
+_Elements = _Values | _Pairs | _Keys
+
+
+def _load_values(chunk: Tensor, dst: Tensor) -> Tensor:
+    """`chunk` (`Tensor[N, Cg, H, W]`) into `dst` (`Tensor[N*H*W, Cg]`), NaN as -inf; returns `dst`."""
+    n, cg, h, w = chunk.shape
+    inf = float("inf")
+    dst.unflatten(0, (n, h, w)).copy_(chunk.permute(0, 2, 3, 1)).nan_to_num_(-inf, inf, -inf)
+    return dst
+
+
+@dataclass
+class _Lookups:
+    """Windows that read the same table of the chain with the same number of blocks."""
+
+    link: int  # the table's place in the chain
+    rows: slice  # the windows, in the order of `_plan`
+    corners: Tensor  # [lookups * windows]: each block's top-left pixel (flat N*H*W), lookup-major
+    lookups: int  # blocks per window
+
+
+def _plan(b: Tensor, y0: Tensor, y1: Tensor, x0: Tensor, x1: Tensor, h: int, w: int):
+    """The table and block corners of each window `[y0, y1) x [x0, x1)` of image `b` (`Tensor[B]` each).
+
+    Returns (`order`, the windows' permutation grouping them, and `list[_Lookups]` in chain order).
+    """
     i = torch.frexp((y1 - y0).double()).exponent.long() - 1  # floor(log2(height))
     j = torch.frexp((x1 - x0).double()).exponent.long() - 1
     wide = j > i
-    a = torch.where(wide, i, j)  # the chain's table (a, b): the largest with a <= i, b <= j
+    a = torch.where(wide, i, j)  # the largest table (a, a') of the chain with a <= i, a' <= j
     link = a + torch.where(wide, i + 1, j)  # its place in the chain
     # Blocks per window along y: 2^ly (one fewer doubling when the height is a power of two); x alike.
     ly = i - a + 1 - ((y1 - y0) == (1 << i)).long()
@@ -172,43 +277,70 @@ def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[T
     ys = _block_starts(y0, y1, link // 2, int(ly.max()))  # [B, 2^max(ly)]
     xs = _block_starts(x0, x1, link - link // 2, int(lx.max()))
     base = b * (h * w)
-    groups = []  # (link, windows, flat corner pixels [lookups * windows], lookups), by link
+    groups = []
     start = 0
     for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
-        ny, nx, win = 1 << (key // 64 % 64), 1 << (key % 64), slice(start, start + count)
-        corners = base[win, None, None] + ys[win, :ny, None] * w + xs[win, None, :nx]
-        groups.append((key // 4096, win, corners.flatten(1).T.flatten(), ny * nx))
+        ny, nx, rows = 1 << (key // 64 % 64), 1 << (key % 64), slice(start, start + count)
+        corners = base[rows, None, None] + ys[rows, :ny, None] * w + xs[rows, None, :nx]  # [windows, ny, nx]
+        groups.append(_Lookups(key // 4096, rows, corners.flatten(1).T.flatten(), ny * nx))
         start += count
+    return order, groups
+
+
+def _chain_shift(link: int, w: int) -> int:
+    """The pixel offset that makes chain table `link + 1` from table `link`: 2^a along x from (a, a),
+    2^a rows along y from (a, a + 1)."""
+    return 1 << (link // 2) if link % 2 == 0 else (1 << (link // 2)) * w
+
+
+def _window_max(input: Tensor, b, y0, y1, x0, x1, with_arg: bool, carry: tuple[Tensor, ...]):
+    """Per-channel max over windows `[y0, y1) x [x0, x1)` (non-empty) of images `b` (`Tensor[B]` each).
+
+    Yields `(carried, channels, value, pixel)` for one group of channels at a time: `carry`'s
+    tensors (`Tensor[B, ...]`) permuted like the windows' results, the slice of `channels`, the
+    max `Tensor[B, channels]` in the compute dtype (NaN counts as -inf) and, with `with_arg`, its
+    first pixel in row-major order as a flat N*H*W index (else None). See "the sparse table" above.
+    """
+    n, c, h, w = input.shape
+    size = n * h * w
+    if y0.shape[0] == 0:
+        return
+    dtype = compute_dtype(input.dtype)
+    elements: _Elements
+    if not with_arg:
+        elements = _Values(dtype)
+    elif _Keys.fits(dtype, size):
+        elements = _Keys(size, input.device)
+    else:
+        elements = _Pairs(dtype, size, input.device)
+    order, groups = _plan(b, y0, y1, x0, x1, h, w)
     carried = tuple(t[order] for t in carry)
-    step = max(1, min(c, _TABLE_ELEMENTS // size))
+    windows = y0.shape[0]
+    itemsize = sum(t.itemsize for t in elements.dtypes)
+    step = max(1, min(c, TABLE_BYTES // (size * itemsize)))  # channels per group
     scratch = _Scratch(input.device)
-    low = 0xFFFFFFFF - torch.arange(size, device=input.device)[:, None]  # keys: the pixel's complement
     for g0 in range(0, c, step):
         g = slice(g0, min(c, g0 + step))
         cg = g.stop - g0
-        cur, spare, res = (_table(kind, scratch, name, shape, dtype) for name, shape in (
-            ("t0", (size, cg)), ("t1", (size, cg)), ("res", (start, cg))))
-        _encode(kind, input[:, g], cur, low, scratch)
-        at = 0  # cur is the chain's table number `at`
-        for gl, rows, idx, lookups in groups:
-            while at < gl:  # the next table of the chain: along x from (a, a), along y from (a, a + 1)
-                shift = 1 << (at // 2) if at % 2 == 0 else (1 << (at // 2)) * w
-                _shift_max(kind, cur, shift, spare)
+        cur, spare, res = (
+            tuple(scratch(f"{name}.{e}", (rows, cg), t) for e, t in enumerate(elements.dtypes))
+            for name, rows in (("t0", size), ("t1", size), ("res", windows))
+        )
+        elements.encode(input[:, g], cur, scratch)
+        at = 0  # cur is the chain's table `at`
+        for lookups in groups:
+            while at < lookups.link:  # cur[p] = max(cur[p], cur[p + shift]) into spare (the last rows unused)
+                shift = _chain_shift(at, w)
+                elements.max2([t[:-shift] for t in cur], [t[shift:] for t in cur], [t[:-shift] for t in spare])
                 cur, spare, at = spare, cur, at + 1
-            shape = (lookups, idx.shape[0] // lookups, cg)
-            found = [
+            idx = lookups.corners
+            shape = (lookups.lookups, idx.shape[0] // lookups.lookups, cg)
+            found = tuple(
                 torch.index_select(t, 0, idx, out=scratch(f"q{e}", (idx.shape[0], cg), t.dtype)).view(shape)
                 for e, t in enumerate(cur)
-            ]
-            if kind == "pairs":
-                best = [t[0] for t in found]
-                for q in range(1, lookups):
-                    best = _max2(kind, best, [t[q] for t in found])
-                for r, v in zip(res, best, strict=True):
-                    r[rows].copy_(v)
-            else:
-                torch.amax(found[0], 0, out=res[0][rows])
-        yield (carried, g, *_decode(kind, res))
+            )
+            elements.reduce(found, tuple(r[lookups.rows] for r in res))
+        yield (carried, g, *elements.decode(res))
 
 
 def _block_starts(lo: Tensor, hi: Tensor, a: Tensor, n: int) -> Tensor:
@@ -233,53 +365,6 @@ class _Scratch:
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
             buf = self.buffers[name] = torch.empty(numel, dtype=dtype, device=self.device)
         return buf[:numel].view(shape)
-
-
-def _table(kind: str, scratch: _Scratch, name: str, shape, dtype) -> tuple[Tensor, ...]:
-    dtypes = {"keys": (torch.long,), "values": (dtype,), "pairs": (dtype, torch.long)}[kind]
-    return tuple(scratch(f"{name}.{e}", shape, t) for e, t in enumerate(dtypes))
-
-
-def _encode(kind: str, chunk: Tensor, dst: tuple[Tensor, ...], low: Tensor, scratch: _Scratch) -> None:
-    """Level (0, 0) of the table from `chunk` (`Tensor[N, Cg, H, W]`) into `dst` (`[N*H*W, Cg]`)."""
-    n, cg, h, w = chunk.shape
-    inf = float("inf")
-    value = dst[0] if kind != "keys" else scratch("value", (n * h * w, cg), torch.float32)
-    value.unflatten(0, (n, h, w)).copy_(chunk.permute(0, 2, 3, 1)).nan_to_num_(-inf, inf, -inf)
-    if kind == "pairs":
-        dst[1].copy_((0xFFFFFFFF - low).expand(-1, cg))
-    if kind != "keys":
-        return
-    # Order-preserving ints: flip a negative float's magnitude bits (after -0.0 -> +0.0: one zero).
-    bits = value.add_(0.0).view(torch.int32)
-    sign = torch.bitwise_right_shift(bits, 31, out=scratch("sign", bits.shape, torch.int32))
-    bits.bitwise_xor_(sign.bitwise_and_(0x7FFFFFFF))
-    torch.add(low, bits, alpha=2**32, out=dst[0])
-
-
-def _decode(kind: str, best: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
-    """(value, pixel) from `_encode`'s elements."""
-    if kind != "keys":
-        return best[0], best[1] if kind == "pairs" else None
-    words = best[0].view(torch.int32).unflatten(-1, (-1, 2))  # little-endian: (low, high) words
-    high, low = words[..., 1], words[..., 0]
-    value = (high ^ ((high >> 31) & 0x7FFFFFFF)).view(torch.float32)
-    return value, torch.bitwise_not(low)  # low = 2**32 - 1 - pixel
-
-
-def _shift_max(kind: str, src: tuple[Tensor, ...], shift: int, dst: tuple[Tensor, ...]) -> None:
-    """`dst[p] = max(src[p], src[p + shift])` for every pixel p (the last `shift` rows are unused)."""
-    _max2(kind, [t[:-shift] for t in src], [t[shift:] for t in src], [t[:-shift] for t in dst])
-
-
-def _max2(kind: str, a, b, out=None) -> tuple[Tensor, ...]:
-    """The larger of two tables elementwise; among equal values, the one with the smaller pixel."""
-    if kind != "pairs":
-        return (torch.maximum(a[0], b[0], out=None if out is None else out[0]),)
-    take_b = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
-    if out is None:
-        return tuple(torch.where(take_b, y, x) for x, y in zip(a, b, strict=True))
-    return tuple(torch.where(take_b, y, x, out=o) for x, y, o in zip(a, b, out, strict=True))
 
 
 _scripted._scriptable(roi_pool, _scripted.roi_pool)

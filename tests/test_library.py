@@ -297,3 +297,19 @@ def test_roi_pool_refuses_a_plane_its_int32_argmax_cannot_index():
     rois = torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]])
     with pytest.raises(ValidationError, match=r"expected H \* W < 2\^31.*got 65536 x 32768"):
         torch.ops.roicli.roi_pool.default(huge, rois, 1.0, 2, 2)
+
+
+def test_a_default_kernel_that_cannot_run_falls_back_with_one_warning(monkeypatch):
+    """The C++ kernels failing to build: the torch kernels serve the call, and the library says so once, as a
+    KernelFallbackWarning (it never prints)."""
+    from roicli.errors import KernelUnavailable
+    from roicli.ops.kernels import KernelFallbackWarning, select, torch_ref
+
+    monkeypatch.delenv(select.ENV_VAR, raising=False)
+    monkeypatch.setitem(select._loaded, "cpp", KernelUnavailable("C++ kernels: build failed in /x: no"))
+    monkeypatch.setattr(select, "_noticed", set())
+    with pytest.warns(KernelFallbackWarning, match=r"^C\+\+ kernels: build failed in /x: no; using the torch kernels$"):
+        assert select.kernel_for(torch.device("cpu")) is torch_ref
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select.kernel_for(torch.device("cpu")) is torch_ref  # once per process

@@ -34,6 +34,6 @@ Backward outputs are in grad's dtype and deterministic on CPU. See `select.py` f
 plugs in (`DEVICES`, `check()`).
 """
 
-from roicli.ops.kernels.select import IMPLEMENTATIONS, available, forced, kernel_for, use
+from roicli.ops.kernels.select import IMPLEMENTATIONS, KernelFallbackWarning, available, forced, kernel_for, use
 
-__all__ = ["IMPLEMENTATIONS", "available", "forced", "kernel_for", "use"]
+__all__ = ["IMPLEMENTATIONS", "KernelFallbackWarning", "available", "forced", "kernel_for", "use"]

@@ -11,9 +11,10 @@ Choice, per call:
 * forced: the `use("cpp")` context manager, else the `ROICLI_KERNEL` environment variable
   (`torch|cpp|triton`), serves every op. A forced implementation that cannot run here (not built,
   not importable, wrong device) raises `KernelUnavailable` with the reason; tests skip on it.
-* default: CPU tensors -> cpp if it loads, else torch (a one-line notice on stderr, once, when
-  cpp.py exists but fails); CUDA tensors -> torch for now (triton is opt-in until it has run on a
-  GPU; see DEFAULTS); anything else -> torch.
+* default: CPU tensors -> cpp if it loads, else torch (a `KernelFallbackWarning`, once per
+  implementation and process, when cpp.py exists but fails: the library never prints; the CLI shows
+  warnings on stderr); CUDA tensors -> torch for now (triton is opt-in until it has run on a GPU; see
+  DEFAULTS); anything else -> torch.
 
 A kernel module plugs in by defining the six functions of the contract (see `kernels/__init__.py`)
 and, optionally:
@@ -30,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import sys
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -49,6 +50,12 @@ IMPLEMENTATIONS: dict[str, str] = {
 # tested only in Triton's interpreter so far, and the default path must not silently change numbers.
 DEFAULTS: dict[str, tuple[str, ...]] = {"cpu": ("cpp", "torch"), "cuda": ("torch",)}
 ENV_VAR = "ROICLI_KERNEL"
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A default implementation could not run here (e.g. the C++ kernels did not build), so a slower
+    one (the torch kernels) serves the call: same numbers, less speed. The message says why."""
+
 
 _loaded: dict[str, ModuleType | KernelUnavailable] = {}
 _forced: str | None = None
@@ -109,7 +116,7 @@ def kernel_for(device: torch.device) -> ModuleType:
         except KernelUnavailable as exc:
             if not getattr(exc, "missing", False) and name not in _noticed:
                 _noticed.add(name)
-                sys.stderr.write(f"roicli: {exc}; using the torch kernels\n")
+                warnings.warn(f"{exc}; using the torch kernels", KernelFallbackWarning, stacklevel=2)
             continue
         if _serves(module, device):
             return module

@@ -328,6 +328,34 @@ def test_precise_roi_pool_dtypes(dtype):
     assert out.dtype == dtype
 
 
+@needs_runner
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_gradients_summed_a_group_of_channels_at_a_time(dtype, monkeypatch):
+    """Half-type gradients are summed in float32 in a buffer of a few channels at a time (not a float32 copy of
+    the whole map): 2 channels per group (and a last group of 1) give the bits of one group of all 5."""
+    x = _map(MAP, dtype, seed=13)
+    rois = as_rois(_boxes(INSIDE + EDGES[:3]), x)
+    n, c, h, w = x.shape
+
+    def grads():
+        out, arg = tk.roi_align_forward(x, rois, 0.7, 3, 4, -1, True, "max")
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+        pooled, pool_arg = tk.roi_pool_forward(x, rois, 0.7, 3, 4)
+        return [
+            tk.roi_align_backward(g, rois, arg, 0.7, 3, 4, -1, True, "max", n, c, h, w),
+            tk.roi_align_backward(g, rois, arg[:0], 0.7, 3, 4, 2, False, "avg", n, c, h, w),
+            tk.roi_pool_backward(g, rois, pool_arg, 0.7, 3, 4, n, c, h, w),
+            tk.precise_roi_pool_backward(g, rois, 0.7, 3, 4, True, n, c, h, w),
+        ]
+
+    whole = grads()
+    monkeypatch.setattr(tk, "_HALF_GRAD_BYTES", 2 * n * h * w * 4)
+    for got, want in zip(grads(), whole, strict=True):
+        assert got.dtype == dtype and got.is_contiguous()
+        assert torch.equal(got, want)
+    assert any(t.abs().sum() > 0 for t in whole)
+
+
 # --------------------------------------------------------------------------------------------------
 # shapes
 # --------------------------------------------------------------------------------------------------

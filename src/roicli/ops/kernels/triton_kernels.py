@@ -30,7 +30,8 @@ Numbers:
 Backward passes scatter with atomic adds (as torchvision's CUDA kernels do): on a GPU the order in
 which overlapping bins add into a pixel varies, so gradients can differ in the last bits from run to
 run (the interpreter runs programs one after another and is deterministic). Half-type gradients are
-accumulated in a float32 buffer and rounded once.
+accumulated in float32, a group of channels at a time (a buffer of at most `_HALF_GRAD_BYTES`), and
+rounded once.
 """
 
 from __future__ import annotations
@@ -481,10 +482,32 @@ def _scale(spatial_scale: float, dtype: torch.dtype, device: torch.device) -> Te
     return torch.full((1,), spatial_scale, dtype=dtype, device=device)
 
 
-def _grad_buffer(n: int, c: int, h: int, w: int, grad: Tensor) -> Tensor:
-    """Zeroed `Tensor[N, C, H, W]` the atomics add into: float32 for half types, else grad's dtype."""
-    dtype = grad.dtype if grad.dtype in (torch.float32, torch.float64) else torch.float32
-    return torch.zeros((n, c, h, w), dtype=dtype, device=grad.device)
+# Half-type gradients are summed in float32 a group of channels at a time, in one buffer of at most this
+# many bytes, each group rounded into grad_input when done: a float32 copy of the whole map would double
+# the backward's memory.
+_HALF_GRAD_BYTES = 1 << 24
+
+
+def _backward(launch, grad: Tensor, argmax: Tensor, n: int, c: int, h: int, w: int) -> Tensor:
+    """grad_input `Tensor[N, C, H, W]` in grad's dtype; `launch(grad, argmax, buf)` adds the gradient of the
+    channels of `grad` (a slice `[K, Cg, PH, PW]`, any strides; `argmax` the same channels, contiguous, or
+    empty) into the zeroed, contiguous `buf` `[N, Cg, H, W]` (float32 or float64)."""
+    if grad.dtype in (torch.float32, torch.float64):  # the atomics add into grad_input itself
+        buf = torch.zeros((n, c, h, w), dtype=grad.dtype, device=grad.device)
+        if grad.shape[0] * c > 0 and buf.numel() > 0:
+            launch(grad, argmax.contiguous(), buf)
+        return buf
+    grad_input = torch.empty((n, c, h, w), dtype=grad.dtype, device=grad.device)
+    if grad.shape[0] * c == 0 or grad_input.numel() == 0:
+        return grad_input.zero_()
+    step = max(1, min(c, _HALF_GRAD_BYTES // (n * h * w * 4)))  # channels per group
+    flat = torch.empty(n * step * h * w, dtype=torch.float32, device=grad.device)
+    for c0 in range(0, c, step):
+        g = slice(c0, min(c, c0 + step))
+        buf = flat[: n * (g.stop - c0) * h * w].view(n, g.stop - c0, h, w).zero_()  # [N, Cg, H, W]
+        launch(grad[:, g], argmax[:, g].contiguous() if argmax.numel() else argmax, buf)
+        grad_input[:, g].copy_(buf)
+    return grad_input
 
 
 def roi_align_forward(
@@ -533,20 +556,20 @@ def roi_align_backward(
 ) -> Tensor:
     """grad_input `Tensor[N, C, H, W]` in grad's dtype (atomic adds on the GPU: not bit-deterministic)."""
     k = rois.shape[0]
-    buf = _grad_buffer(batch_size, channels, height, width, grad)
-    if k * channels == 0 or buf.numel() == 0:
-        return buf.to(grad.dtype)
     is_max = mode == "max"
-    grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, channels)
-    arg = argmax.contiguous() if is_max else argmax
-    with _device(grad):
-        _roi_align_bwd[grid](
-            grad, rois.contiguous(), _scale(spatial_scale, rois.dtype, rois.device), arg, buf,
-            channels, height, width, *grad.stride(),
-            pooled_height, pooled_width, int(sampling_ratio), n_bin_blocks,
-            ALIGNED=bool(aligned), MAX_MODE=is_max, BB=bb, BC=bc, enable_fp_fusion=False,
-        )
-    return buf.to(grad.dtype)
+    rois, scale = rois.contiguous(), _scale(spatial_scale, rois.dtype, rois.device)
+
+    def launch(grad: Tensor, arg: Tensor, buf: Tensor) -> None:
+        grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, buf.shape[1])
+        with _device(grad):
+            _roi_align_bwd[grid](
+                grad, rois, scale, arg, buf,
+                buf.shape[1], height, width, *grad.stride(),
+                pooled_height, pooled_width, int(sampling_ratio), n_bin_blocks,
+                ALIGNED=bool(aligned), MAX_MODE=is_max, BB=bb, BC=bc, enable_fp_fusion=False,
+            )
+
+    return _backward(launch, grad, argmax if is_max else argmax[:0], batch_size, channels, height, width)
 
 
 def roi_pool_forward(
@@ -584,18 +607,19 @@ def roi_pool_backward(
 ) -> Tensor:
     """grad_input `Tensor[N, C, H, W]`: each bin's gradient added at its argmax (atomic adds on the GPU)."""
     k = rois.shape[0]
-    buf = _grad_buffer(batch_size, channels, height, width, grad)
-    if k * channels == 0 or buf.numel() == 0:
-        return buf.to(grad.dtype)
-    grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, channels)
-    with _device(grad):
-        _roi_pool_bwd[grid](
-            grad, rois.contiguous(), argmax.contiguous(), buf,
-            channels, height, width, *grad.stride(),
-            pooled_height, pooled_width, n_bin_blocks,
-            BB=bb, BC=bc,
-        )
-    return buf.to(grad.dtype)
+    rois = rois.contiguous()
+
+    def launch(grad: Tensor, arg: Tensor, buf: Tensor) -> None:
+        grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, buf.shape[1])
+        with _device(grad):
+            _roi_pool_bwd[grid](
+                grad, rois, arg, buf,
+                buf.shape[1], height, width, *grad.stride(),
+                pooled_height, pooled_width, n_bin_blocks,
+                BB=bb, BC=bc,
+            )
+
+    return _backward(launch, grad, argmax, batch_size, channels, height, width)
 
 
 def precise_roi_pool_forward(
@@ -632,15 +656,17 @@ def precise_roi_pool_backward(
 ) -> Tensor:
     """grad_input `Tensor[N, C, H, W]` (atomic adds on the GPU)."""
     k = rois.shape[0]
-    buf = _grad_buffer(batch_size, channels, height, width, grad)
-    if k * channels == 0 or buf.numel() == 0:
-        return buf.to(grad.dtype)
-    grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, channels)
-    with _device(grad):
-        _precise_bwd[grid](
-            grad, rois.contiguous(), _scale(spatial_scale, torch.float64, rois.device), buf,
-            channels, height, width, *grad.stride(),
-            pooled_height, pooled_width, n_bin_blocks,
-            ALIGNED=bool(aligned), BB=bb, BC=bc, enable_fp_fusion=False,
-        )
-    return buf.to(grad.dtype)
+    rois, scale = rois.contiguous(), _scale(spatial_scale, torch.float64, rois.device)
+
+    def launch(grad: Tensor, _arg: Tensor, buf: Tensor) -> None:
+        grid, n_bin_blocks, bb, bc = _launch_grid(k, pooled_height * pooled_width, buf.shape[1])
+        with _device(grad):
+            _precise_bwd[grid](
+                grad, rois, scale, buf,
+                buf.shape[1], height, width, *grad.stride(),
+                pooled_height, pooled_width, n_bin_blocks,
+                ALIGNED=bool(aligned), BB=bb, BC=bc, enable_fp_fusion=False,
+            )
+
+    no_argmax = torch.empty((0,), dtype=torch.int32, device=grad.device)
+    return _backward(launch, grad, no_argmax, batch_size, channels, height, width)

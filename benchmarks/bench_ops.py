@@ -14,6 +14,10 @@ call adds on top of what was allocated before it:
   call's big buffers are fresh pages; that is only done after all timings, so it cannot slow them
   down. It counts pages touched, not bytes asked for (resolution about 1 MiB).
 
+Next to them, ``out MiB`` is the size of the op's output (of the forward, also on the forward+backward
+row) and ``rc - tv - out`` roicli's peak minus torchvision's and the output: the memory goal is that it
+stays at or below 0 (within the ~1 MiB resolution) on every row.
+
 Memory is measured on one extra call after the timed ones. Run from the repository root with
 ``PYTHONPATH=src`` (or with roicli installed). ``--json`` prints the same results as one JSON
 document on stdout instead of the table.
@@ -401,6 +405,7 @@ class Row:
     ratio_spread: tuple[float, float] | None = None  # their min and max
     roicli_peak_mib: float | None = None
     torchvision_peak_mib: float | None = None
+    output_mib: float | None = None  # the forward's output (also on the forward+backward row)
     roicli_times_ms: list[float] = field(default_factory=list)
     torchvision_times_ms: list[float] = field(default_factory=list)
     error: str | None = None
@@ -413,8 +418,24 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _excess_mib(r: Row) -> float | None:
+    """roicli's peak minus torchvision's and the output (the goal: <= 0 on every row)."""
+    if r.roicli_peak_mib is None or r.torchvision_peak_mib is None or r.output_mib is None:
+        return None
+    return r.roicli_peak_mib - r.torchvision_peak_mib - r.output_mib
+
+
+def _nbytes(result: object) -> int:
+    if isinstance(result, torch.Tensor):
+        return result.numel() * result.element_size()
+    if isinstance(result, (list, tuple)):
+        return sum(_nbytes(t) for t in result)
+    return 0
+
+
 def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> None:
-    headers = ["workload", "op", "roicli ms", "torchvision ms", "ratio", "roicli MiB", "tv MiB"]
+    headers = ["workload", "op", "roicli ms", "torchvision ms", "ratio", "roicli MiB", "tv MiB", "out MiB",
+               "rc - tv - out"]
     body = [
         [
             r.workload,
@@ -424,6 +445,8 @@ def render_table(meta: dict, descriptions: dict[str, str], rows: list[Row]) -> N
             _fmt(r.ratio, ".2f") + (f" ({r.ratio_spread[0]:.2f}-{r.ratio_spread[1]:.2f})" if r.ratio_spread else ""),
             _fmt(r.roicli_peak_mib, ".1f"),
             _fmt(r.torchvision_peak_mib, ".1f"),
+            _fmt(r.output_mib, ".1f"),
+            _fmt(_excess_mib(r), "+.1f"),
         ]
         for r in rows
     ]
@@ -598,6 +621,13 @@ def main(argv: list[str] | None = None) -> int:
                 if fn is None or getattr(row, f"{impl}_ms") is None:
                     continue
                 setattr(row, f"{impl}_peak_mib", peak_mib(fn, device, cpu_probe))
+        # The output's size: a forward row's result; a forward+backward row has its forward row's.
+        outputs = {}
+        for row, case in measured:
+            if case.roicli is not None and not row.op.endswith(" fwd+bwd") and row.roicli_ms is not None:
+                outputs[(row.workload, row.op.removesuffix(" fwd"))] = _nbytes(case.roicli()) / 2**20
+        for row, _ in measured:
+            row.output_mib = outputs.get((row.workload, row.op.removesuffix(" fwd+bwd").removesuffix(" fwd")))
     meta["load_average_end"] = _loadavg()
     rows = [row for row, _ in measured]
     measured.clear()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from test_cli import FEATS, PYRAMID, ROIS_CSV, ROIS_JSON, SCENE, assert_fails, ok, read_out, roicli_script, run
 
 import roicli
@@ -499,3 +499,23 @@ def test_batch_rois_template_with_a_bad_placeholder(tmp_path: Path):
     for template in ("rois/{stem.x}.json", "rois/{stem.json"):
         assert_fails(run("batch", "--features", str(FEATS), "--rois", template, "-o", tmp_path / "out"), 2,
                      "bad placeholder")
+
+
+def test_a_kernel_fallback_is_one_warning_line_and_the_same_numbers(tmp_path: Path):
+    """Issue 11 item 2: with no C++ compiler the torch kernels serve the call; the CLI shows the
+    library's KernelFallbackWarning as one `Warning:` line (no source line), and the output is the
+    one the C++ kernels give, to float32 rounding (the torch kernels sum in another order)."""
+    exe = str(Path(sys.executable).parent / "roicli")
+    env = {**os.environ, "ROICLI_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(tmp_path / "no-such-c++")}
+    env.pop("ROICLI_KERNEL", None)
+    out = tmp_path / "fallback.safetensors"
+    proc = subprocess.run([exe, "align", str(FEATS), str(ROIS_JSON), "-o", str(out), "-q"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"Warning: C++ kernels: expected a C++ compiler ({tmp_path / 'no-such-c++'}) on PATH, got none; "
+        "using the torch kernels"
+    ]
+    ok(run("align", FEATS, ROIS_JSON, "-o", tmp_path / "default.safetensors", "-q"))
+    fallback, default = load_file(out)["pooled"], load_file(tmp_path / "default.safetensors")["pooled"]
+    torch.testing.assert_close(fallback, default, rtol=1e-6, atol=1e-6)

@@ -10,6 +10,8 @@ Start-up stays light: the command modules import torch, numpy and Ray inside the
 from __future__ import annotations
 
 import signal
+import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -60,7 +62,18 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning the library raises (e.g. `KernelFallbackWarning`) as one line on stderr, like the
+    commands' own warnings: no source line, no file name."""
+    text = " ".join(str(message).split())
+    try:
+        (file or sys.stderr).write(f"Warning: {text}\n")
+    except (OSError, ValueError):
+        pass
+
+
 def main() -> None:
     # SIGTERM unwinds like Ctrl-C: temp files are removed on the way out, then exit 143.
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = _one_line_warning
     app()

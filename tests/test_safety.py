@@ -509,13 +509,16 @@ def test_a_kernel_fallback_is_one_warning_line_and_the_same_numbers(tmp_path: Pa
     env = {**os.environ, "ROICLI_CACHE_DIR": str(tmp_path / "cache"), "CXX": str(tmp_path / "no-such-c++")}
     env.pop("ROICLI_KERNEL", None)
     out = tmp_path / "fallback.safetensors"
-    proc = subprocess.run([exe, "align", str(FEATS), str(ROIS_JSON), "-o", str(out), "-q"],
+    proc = subprocess.run([exe, "align", str(FEATS), str(ROIS_JSON), "-o", str(out), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
         f"Warning: C++ kernels: expected a C++ compiler ({tmp_path / 'no-such-c++'}) on PATH, got none; "
         "using the torch kernels"
     ]
+    quiet = subprocess.run([exe, "align", str(FEATS), str(ROIS_JSON), "-o", str(out), "-q"],
+                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stderr == ""  # --quiet: no warnings
     ok(run("align", FEATS, ROIS_JSON, "-o", tmp_path / "default.safetensors", "-q"))
     fallback, default = load_file(out)["pooled"], load_file(tmp_path / "default.safetensors")["pooled"]
     torch.testing.assert_close(fallback, default, rtol=1e-6, atol=1e-6)

@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 
 import typer
 from rich.console import Console
@@ -55,12 +56,15 @@ class OneLineErrors(TyperGroup):
 
 def handle_errors(fn):
     """Turn roicli's errors into `Error: ...` on stderr and an exit code; no tracebacks
-    unless ROICLI_DEBUG=1."""
+    unless ROICLI_DEBUG=1. With the command's `--quiet`, the library's warnings are not shown."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                if kwargs.get("quiet"):
+                    warnings.simplefilter("ignore")
+                return fn(*args, **kwargs)
         except RoicliError as e:
             if os.environ.get("ROICLI_DEBUG") == "1":
                 traceback.print_exc()

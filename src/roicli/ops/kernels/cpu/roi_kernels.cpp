@@ -115,7 +115,8 @@ inline void transpose8(v8f r[8]) {
 // MADV_POPULATE_WRITE; elsewhere, or when it fails, the pages fault in as they are first written): a fresh
 // 50 MB buffer otherwise takes 12,800 page faults, about 40% of the time spent filling it. (Transparent
 // huge pages, MADV_HUGEPAGE, were faster on an idle machine, but stalled calls 2-3x when the kernel had to
-// compact memory for them: not robust.)
+// compact memory for them: not robust.) Only for a call on one thread: with more, the threads' first writes
+// fault their pages in parallel, which is faster than one thread populating them all.
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -124,7 +125,7 @@ constexpr int64_t kPopulateBytes = int64_t(1) << 20;
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
 #ifdef __linux__
-  if (int64_t(t.nbytes()) >= kPopulateBytes) {
+  if (at::get_num_threads() == 1 && int64_t(t.nbytes()) >= kPopulateBytes) {
     const uintptr_t page = 4096;
     const auto begin = (reinterpret_cast<uintptr_t>(t.data_ptr()) + page - 1) & ~(page - 1);
     const auto end = (reinterpret_cast<uintptr_t>(t.data_ptr()) + t.nbytes()) & ~(page - 1);

@@ -188,7 +188,8 @@ def roi_align_max_argmax_ref(
 
     The winner is the first sample (in `_align_samples` order, iy * grid_w + ix) whose value is
     strictly greater than every earlier one; -1 for a bin without samples. Returns
-    (int64 Tensor[K, C, PH, PW], float64 gradient of sum(out * grad_output), zeros without it).
+    (Tensor[K, C, PH, PW] int64 here, int32 from the ops: compare values; float64 gradient of
+    sum(out * grad_output), zeros without it).
     """
     feats = feature_lists(input)
     n_ch, h, w = input.shape[1:]
@@ -226,7 +227,8 @@ def roi_pool_argmax_ref(
     output_size: int | Sequence[int],
     spatial_scale: float = 1.0,
 ) -> torch.Tensor:
-    """RoI Pool's argmax as torchvision returns it: int64 Tensor[K, C, PH, PW] of y * W + x, -1 if none."""
+    """RoI Pool's argmax as torchvision returns it: Tensor[K, C, PH, PW] of y * W + x, -1 if none (int64
+    here; torchvision and roicli return int32: compare values)."""
     w = input.shape[3]
     out, where = _roi_pool_with_argmax(input, boxes, output_size, spatial_scale)
     argmax = torch.full(out.shape, -1, dtype=torch.long)

@@ -12,7 +12,6 @@ values when the scripted code runs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import List, Union  # noqa: UP035  (TorchScript resolves typing's names)
 
@@ -82,38 +81,3 @@ def precise_roi_pool(
 ) -> Tensor:
     rois = _rois(boxes, input)
     return torch.ops.roicli.precise_roi_pool(input, rois, spatial_scale, output_size[0], output_size[1], aligned)
-
-
-def fpn_levels(
-    rois: Tensor, scales: List[float], canonical_size: float = 224.0, canonical_level: int = 4  # noqa: UP006
-) -> Tensor:
-    k_min = int(round(-math.log(scales[0]) / math.log(2.0)))  # TorchScript has no math.log2
-    k_max = int(round(-math.log(scales[-1]) / math.log(2.0)))
-    area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-    k = torch.floor(canonical_level + torch.log2(torch.sqrt(area) / canonical_size) + 1e-6)
-    return torch.clamp(k, min=k_min, max=k_max).to(torch.int64) - k_min
-
-
-def multiscale_roi_align(
-    features: List[Tensor],  # noqa: UP006
-    boxes: Union[Tensor, List[Tensor]],  # noqa: UP006, UP007
-    output_size: BroadcastingList2[int],
-    scales: List[float],  # noqa: UP006
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-    canonical_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    if len(features) == 0 or len(scales) != len(features):
-        raise ValidationError("features, scales: expected a non-empty list of maps and one scale per map")
-    rois = _rois(boxes, features[0])
-    levels = fpn_levels(rois, scales, canonical_size, canonical_level)
-    c = features[0].shape[1]
-    out = features[0].new_zeros((rois.shape[0], c, output_size[0], output_size[1]))
-    for lvl, feat in enumerate(features):
-        idx = torch.nonzero(levels == lvl).squeeze(1)
-        pooled = torch.ops.roicli.roi_align(
-            feat, rois[idx], scales[lvl], output_size[0], output_size[1], sampling_ratio, aligned, "avg"
-        )[0]
-        out[idx] = pooled
-    return out

@@ -232,6 +232,27 @@ def test_thread_count_does_not_change_a_bit():
         torch.set_num_threads(threads)
 
 
+def test_big_outputs_give_the_same_bits_as_small_ones():
+    """float32 outputs of 8 MiB and more are written with non-temporal stores (a partial block of C = 67
+    too): the same bits as the same RoIs pooled 40 at a time (small outputs, ordinary stores)."""
+    x, rois = _problem(22, n=2, c=67, h=20, w=24, k=720, dtype=torch.float32)
+    runs = {  # each: the op's outputs as a tuple
+        "align avg": lambda r: cpp.roi_align_forward(x, r, 0.5, 7, 7, 2, True, "avg")[:1],
+        "align adaptive": lambda r: cpp.roi_align_forward(x, r, 0.5, 7, 7, -1, False, "avg")[:1],
+        "align max": lambda r: cpp.roi_align_forward(x, r, 0.5, 7, 7, 2, True, "max"),
+        "pool": lambda r: cpp.roi_pool_forward(x, r, 0.5, 7, 7),
+        "pool values": lambda r: (cpp.roi_pool_values(x, r, 0.5, 7, 7),),
+        "precise": lambda r: (cpp.precise_roi_pool_forward(x, r, 0.5, 7, 7, True),),
+    }
+    assert 720 * 67 * 7 * 7 * 4 >= 2**23
+    for name, run in runs.items():
+        whole = run(rois)
+        parts = [run(rois[i : i + 40]) for i in range(0, 720, 40)]
+        for j, got in enumerate(whole):
+            assert got.is_contiguous() and got.shape == (720, 67, 7, 7), name
+            assert torch.equal(got, torch.cat([p[j] for p in parts])), (name, j)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_types_accumulate_in_float32(dtype):
     """A half map gives exactly the float32 result on the same values, rounded once at the end."""

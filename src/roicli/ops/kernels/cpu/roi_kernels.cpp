@@ -24,7 +24,9 @@
 //     the RoIs that read them (BlockRows): what a RoI reads is in L2 even when the block (3.5 MB for
 //     16 channels of a 200x272 map) is not. The backward keeps the RoI order, which with
 //     torchvision's per-sample arithmetic gives torchvision's gradients bit for bit.
-//   * Big outputs have their pages made present in one system call before they are written (new_output).
+//   * Big outputs have their pages made present in one system call before they are written (new_output);
+//     a forward writes each RoI's block of results through register transposes, float32 outputs of
+//     8 MiB and more in non-temporal stores (store_tile). Scratch buffers start on a cache line.
 //   * roi_align avg follows torchvision's arithmetic exactly (w1..w4 products, ((w1 v1 + w2 v2) +
 //     w3 v3) + w4 v4 per sample, / count; backward (g * w) / count): float32 and float64 results equal
 //     torchvision's CPU kernels bit for bit. Half types are read into float32 and rounded once.

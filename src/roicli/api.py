@@ -424,13 +424,13 @@ def batch(
     take are refused (`sampling_ratio=2` with `op="pool"`)."""
     from roicli.io.inputs import read_input
     from roicli.io.manifest import items_from_glob, read_manifest
-    from roicli.io.writers import check_writable
+    from roicli.io.writers import check_writable, suffix_of
     from roicli.jobs import BatchConfig, run_batch
 
     if not outdir:
         raise UsageError("{outdir}: give the output folder", param="outdir")
     s = spec(op, **options)
-    suffix = "." + str(format).lower().lstrip(".")
+    suffix = suffix_of(format)
     cfg = BatchConfig(
         s, Path(outdir), shard_rois, overwrite=not resume, on_error=on_error, workers=workers, engine=engine,
         address=address, fsync=fsync, strict=strict, shard_format=suffix,

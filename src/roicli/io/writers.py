@@ -27,14 +27,20 @@ from roicli.errors import UsageError
 SUFFIXES = (".safetensors", ".npz", ".pt", ".parquet")
 
 
+def suffix_of(fmt: str) -> str:
+    """The extension of a format named by the user (`npz`, `.npz`, `NPZ`): one of SUFFIXES."""
+    suffix = "." + str(fmt).lower().lstrip(".")
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{{format}}: expected one of {', '.join(SUFFIXES)}, got {fmt!r}", param="format")
+    return suffix
+
+
 def format_of(path: str, fmt: str | None = None) -> str:
     """The format an output asks for: `fmt` (`npz` or `.npz`, ...) when given, else the path's
     extension; `.safetensors` for stdout (`-`). A file's extension must agree with `fmt`."""
     suffix = Path(path).suffix.lower() if path != "-" else None
     if fmt is not None:
-        wanted = "." + fmt.lower().lstrip(".")
-        if wanted not in SUFFIXES:
-            raise UsageError(f"{{format}}: expected one of {', '.join(SUFFIXES)}, got {fmt!r}", param="format")
+        wanted = suffix_of(fmt)
         if suffix is not None and suffix != wanted:
             raise UsageError(f"{{format}} {wanted[1:]} disagrees with the output {path!r}; name it *{wanted}",
                              param="format")  # fmt: skip

@@ -20,6 +20,7 @@ machine that is not idle. The machine running this is shared: treat differences 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import sys
@@ -63,56 +64,46 @@ def _floor(x: torch.Tensor, out_shape: tuple[int, ...], backward: bool) -> Fn:
     return run
 
 
-def _align_rows(workload, x, rois, size, scale, sr, aligned, backward_too=True) -> list[Row]:
-    k, c = rois.shape[0], x.shape[1]
-    shape = (k, c, size, size)
+def _rows(workload, label, x, shape, call, tv_call, backward_too=True) -> list[Row]:
+    """A fwd row (and a fwd+bwd row): `call(kernel_module, backward)` runs the op on cpp and torch,
+    `tv_call(input)` on torchvision; `shape` is the output's, for the floor."""
     rows = []
     for backward in (False, True) if backward_too else (False,):
-        impls: dict[str, Fn | None] = {}
-        for name, mod in (("cpp", cpp), ("torch", torch_ref)):
-            if mod is None:
-                impls[name] = None
-                continue
-
-            def run(mod=mod, backward=backward) -> object:
-                out, arg = mod.roi_align_forward(x, rois, scale, size, size, sr, aligned, "avg")
-                if backward:
-                    return mod.roi_align_backward(
-                        torch.ones_like(out), rois, arg, scale, size, size, sr, aligned, "avg", *x.shape
-                    )
-                return out
-
-            impls[name] = run
-        impls["tv"] = _tv(lambda t: tv_ops.roi_align(t, rois, size, scale, sr, aligned), x, backward)
+        impls: dict[str, Fn | None] = {
+            name: None if mod is None else functools.partial(call, mod, backward)
+            for name, mod in (("cpp", cpp), ("torch", torch_ref))
+        }
+        impls["tv"] = _tv(tv_call, x, backward)
         impls["floor"] = _floor(x, shape, backward)
-        sr_text = "adaptive" if sr <= 0 else f"sr={sr}"
-        rows.append(Row(workload, f"roi_align {sr_text} {'fwd+bwd' if backward else 'fwd'}", impls))
+        rows.append(Row(workload, f"{label} {'fwd+bwd' if backward else 'fwd'}", impls))
     return rows
+
+
+def _align_rows(workload, x, rois, size, scale, sr, aligned, backward_too=True) -> list[Row]:
+    def call(mod, backward: bool) -> object:
+        out, arg = mod.roi_align_forward(x, rois, scale, size, size, sr, aligned, "avg")
+        if backward:
+            grad = torch.ones_like(out)
+            return mod.roi_align_backward(grad, rois, arg, scale, size, size, sr, aligned, "avg", *x.shape)
+        return out
+
+    label = f"roi_align {'adaptive' if sr <= 0 else f'sr={sr}'}"
+    shape = (rois.shape[0], x.shape[1], size, size)
+    return _rows(workload, label, x, shape, call, lambda t: tv_ops.roi_align(t, rois, size, scale, sr, aligned),
+                 backward_too)  # fmt: skip
 
 
 def _pool_rows(workload, x, rois, size, scale, backward_too=True) -> list[Row]:
+    def call(mod, backward: bool) -> object:
+        if not backward and hasattr(mod, "roi_pool_values"):  # what eager inference calls
+            return mod.roi_pool_values(x, rois, scale, size, size)
+        out, arg = mod.roi_pool_forward(x, rois, scale, size, size)
+        if backward:
+            return mod.roi_pool_backward(torch.ones_like(out), rois, arg, scale, size, size, *x.shape)
+        return out
+
     shape = (rois.shape[0], x.shape[1], size, size)
-    rows = []
-    for backward in (False, True) if backward_too else (False,):
-        impls: dict[str, Fn | None] = {}
-        for name, mod in (("cpp", cpp), ("torch", torch_ref)):
-            if mod is None:
-                impls[name] = None
-                continue
-
-            def run(mod=mod, backward=backward) -> object:
-                if not backward and hasattr(mod, "roi_pool_values"):  # what eager inference calls
-                    return mod.roi_pool_values(x, rois, scale, size, size)
-                out, arg = mod.roi_pool_forward(x, rois, scale, size, size)
-                if backward:
-                    return mod.roi_pool_backward(torch.ones_like(out), rois, arg, scale, size, size, *x.shape)
-                return out
-
-            impls[name] = run
-        impls["tv"] = _tv(lambda t: tv_ops.roi_pool(t, rois, size, scale), x, backward)
-        impls["floor"] = _floor(x, shape, backward)
-        rows.append(Row(workload, f"roi_pool {'fwd+bwd' if backward else 'fwd'}", impls))
-    return rows
+    return _rows(workload, "roi_pool", x, shape, call, lambda t: tv_ops.roi_pool(t, rois, size, scale), backward_too)
 
 
 def _tv(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, backward: bool) -> Fn | None:

@@ -219,6 +219,47 @@ def test_block_width_agrees_with_the_torch_kernels(h, w, dtype):
         assert_close(gi, want_gi, **tol, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [19, 5])
+def test_tall_rois_on_a_wide_map_are_pooled_through_a_ring_of_rows(dtype, c):
+    """roi_align avg keeps only the last few rows of a channel block (kRingBytes of them: 4 rows of 16
+    float32 lanes at W = 2048), so tall RoIs are pooled a few bin rows at a time, interleaved with the
+    others (inverted ones bottom up), their results kept until their last bin row. C = 5 splits an image's
+    RoIs into chunks. The torch kernels' numbers (torchvision's bits where it is here), at 1 and 2 threads."""
+    from roicli.ops.kernels import torch_ref
+
+    g = torch.Generator().manual_seed(31)
+    n, h, w, k = 2, 64, 2048, 90
+    x = torch.randn(n, c, h, w, generator=g, dtype=dtype)
+    x0 = torch.rand(k, generator=g, dtype=torch.float64) * (w - 200)
+    y0 = torch.rand(k, generator=g, dtype=torch.float64) * h - 8
+    width = torch.rand(k, generator=g, dtype=torch.float64) * 180 + 2
+    height = torch.rand(k, generator=g, dtype=torch.float64) * 80 + 1
+    boxes = torch.stack([x0, y0, x0 + width, y0 + height], 1)
+    boxes[::7, 1], boxes[::7, 3] = boxes[::7, 3].clone(), boxes[::7, 1].clone()  # inverted, taller than high
+    batch = torch.randint(0, n, (k, 1), generator=g).double()
+    rois = torch.cat([batch, boxes], 1).to(cpp._acc(dtype))
+    tv = None
+    try:
+        from torchvision import ops as tv
+    except ImportError:
+        pass
+    threads = torch.get_num_threads()
+    try:
+        for sr, aligned, scale, size in [(2, True, 1.0, (7, 5)), (-1, False, 0.5, (3, 4)), (-1, True, 1.0, (14, 14))]:
+            args = (rois, scale, *size, sr, aligned, "avg")
+            torch.set_num_threads(1)
+            one = cpp.roi_align_forward(x, *args)[0]
+            torch.set_num_threads(2)
+            assert torch.equal(one, cpp.roi_align_forward(x, *args)[0]), (sr, aligned)
+            tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+            assert_close(one, torch_ref.roi_align_forward(x, *args)[0], **tol)
+            if tv is not None and (sr > 0 or not aligned):  # (torchvision cannot size an inverted adaptive grid)
+                assert torch.equal(one, tv.roi_align(x, rois, size, scale, sr, aligned)), (sr, aligned)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_thread_count_does_not_change_a_bit():
     # big enough (> 2^20 elements moved) for the kernels to use more than one thread
     x, rois = _problem(13, n=3, c=61, h=70, w=90, k=120, dtype=torch.float32)

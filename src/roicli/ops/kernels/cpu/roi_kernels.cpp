@@ -22,7 +22,9 @@
 //   * The forward visits an image's RoIs by their last row, top to bottom (each RoI's output is its
 //     own, so the order changes no bit), and copies its block a band of rows at a time just before
 //     the RoIs that read them (BlockRows): what a RoI reads is in L2 even when the block (3.5 MB for
-//     16 channels of a 200x272 map) is not. The backward keeps the RoI order, which with
+//     16 channels of a 200x272 map) is not. roi_align avg goes further (RowUnits): it visits a few
+//     bin rows of a RoI at a time, by their last row, and keeps only a ring of the block's last rows,
+//     so nothing of the block is ever written out of L2. The backward keeps the RoI order, which with
 //     torchvision's per-sample arithmetic gives torchvision's gradients bit for bit.
 //   * Big outputs have their pages made present (each thread its share) before they are written (populate);
 //     a forward writes each RoI's block of results through register transposes, float32 outputs of
@@ -597,19 +599,18 @@ struct RowUnits {
         position[roi] = i;
         Unit u{roi, 0, 0, 0, 0};
         for (int64_t y = 0; y < ph; ++y) {
-          int64_t lo = u.lo, hi = u.hi;
+          int64_t lo = 0, hi = 0;  // the rows bin row y reads (none: lo == hi)
           for (const Tap<A>* t = ay.bin(roi, y); t < ay.bin(roi, y) + g; ++t) {
-            if (!t->valid) continue;
-            lo = hi > lo ? std::min<int64_t>(lo, t->lo) : t->lo;
-            hi = std::max<int64_t>(hi, t->hi + 1);
+            if (t->valid) lo = hi > lo ? std::min<int64_t>(lo, t->lo) : t->lo, hi = std::max<int64_t>(hi, t->hi + 1);
           }
-          if (y > u.y0 && hi - lo > limit) {  // close the unit before this bin row
+          const int64_t both_lo = u.hi == u.lo ? lo : hi == lo ? u.lo : std::min(lo, u.lo);
+          const int64_t both_hi = std::max(hi, u.hi);
+          if (y > u.y0 && both_hi - both_lo > limit) {  // bin row y starts the next unit
             units.push_back(u);
-            u = Unit{roi, y, y, 0, 0};
-            y -= 1;
-            continue;
+            u = Unit{roi, y, y + 1, lo, hi};
+          } else {
+            u.y1 = y + 1, u.lo = both_lo, u.hi = both_hi;
           }
-          u.y1 = y + 1, u.lo = lo, u.hi = hi;
         }
         units.push_back(u);
       }

@@ -568,8 +568,8 @@ inline V sample(const View<A>& v, const Tap<A>& ty, const Tap<A>& tx) {
 // kRingBytes of a channel block's rows (or one bin row, whatever it reads), taken by their last row. A
 // forward item then holds only the last `window` rows of its block (a BlockRows ring) instead of all of
 // them: the ring stays in L2 where the whole block (3.5 MB for 16 channels of a 200x272 map) would be
-// written out to L3 and read back each item (measured on maskrcnn-mask: 16.4 -> 12.6 ms at one thread).
-// A RoI's results stay in one of `active` slots from its first unit to its last.
+// written out to L3 and read back each item (maskrcnn-mask at one thread: 0.82x the time, A/B in one process).
+// A RoI's results stay in one of `active` slots (Slots) from its first unit to its last.
 constexpr int64_t kRingBytes = int64_t(1) << 19;
 
 template <typename A>
@@ -627,6 +627,25 @@ struct RowUnits {
   }
 };
 
+// Slots for the results of the RoIs a forward item has begun and not finished: `take(i)` gives RoI i's
+// (a free one on its first call), `give(i)` frees it.
+template <typename A>
+struct Slots {
+  A* base;
+  int64_t size;
+  std::vector<int64_t> of, free;
+  int64_t used = 0;
+  Slots(A* base_, int64_t size_, int64_t rois) : base(base_), size(size_), of(rois, -1) {}
+  A* take(int64_t i) {
+    if (of[i] < 0) {
+      of[i] = free.empty() ? used++ : free.back();
+      if (!free.empty()) free.pop_back();
+    }
+    return base + of[i] * size;
+  }
+  void give(int64_t i) { free.push_back(of[i]); }
+};
+
 template <int64_t CB, typename S>
 std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, const at::Tensor& rois, double scale,
                                                       int64_t ph, int64_t pw, int64_t sr, bool aligned, bool max_mode) {
@@ -664,21 +683,16 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
     if (!max_mode) {
       const int64_t ring = std::max<int64_t>(1, std::min(box.y1 - box.y0, plan.window[img]));
       BlockRows<CB, S, A> block(in, st, img, c0, cn, box, box.empty() ? nullptr : sbuf.get(ring * bw * CB), ring);
-      A* slots = sres.get(plan.active[img] * bins * CB);  // each unfinished RoI's results, [PH * PW, CB]
+      Slots<A> slots(sres.get(plan.active[img] * bins * CB), bins * CB, last - first);  // [PH * PW, CB] each
+      std::vector<int64_t> left(last - first, ph);  // bin rows to go, per RoI
       std::vector<int64_t> place(std::max<int64_t>(box.y1 - box.y0, 0));  // map row y0 + i: buf + place[i]
       for (int64_t i = 0; i < int64_t(place.size()); ++i) place[i] = i % ring * bw * CB;
-      std::vector<int64_t> slot(last - first, -1), left(last - first, ph), free;
-      int64_t fresh = 0;
       for (int64_t j = plan.start[img]; j < plan.start[img + 1]; ++j) {
         const auto& u = plan.units[j];
         const int64_t i = plan.position[u.roi] - first;
         if (i < 0 || i >= last - first) continue;  // another chunk's
         block.need(u.hi);
-        if (slot[i] < 0) {
-          slot[i] = free.empty() ? fresh++ : free.back();
-          if (!free.empty()) free.pop_back();
-        }
-        A* res = slots + slot[i] * bins * CB;
+        A* res = slots.take(i);
         const int64_t roi = u.roi, rows = u.y1 - u.y0;
         const int64_t gy = ay.grid[roi], gx = ax.grid[roi];
         const A count = A(std::max<int64_t>(gy * gx, 1));
@@ -706,7 +720,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
         }
         if ((left[i] -= rows) == 0) {
           store_tile<CB, S, A>(o + (roi * c + c0) * bins, res, cn, bins, tr, stream);
-          free.push_back(slot[i]);
+          slots.give(i);
         }
       }
       stream_fence(stream);

@@ -237,6 +237,7 @@ def test_tall_rois_on_a_wide_map_are_pooled_through_a_ring_of_rows(dtype, c):
     height = torch.rand(k, generator=g, dtype=torch.float64) * 80 + 1
     boxes = torch.stack([x0, y0, x0 + width, y0 + height], 1)
     boxes[::7, 1], boxes[::7, 3] = boxes[::7, 3].clone(), boxes[::7, 1].clone()  # inverted, taller than high
+    boxes[3::11, 0], boxes[3::11, 2] = w + 40.0, w + 90.0  # rows on the map, columns all past its edge
     batch = torch.randint(0, n, (k, 1), generator=g).double()
     rois = torch.cat([batch, boxes], 1).to(cpp._acc(dtype))
     tv = None
@@ -252,6 +253,8 @@ def test_tall_rois_on_a_wide_map_are_pooled_through_a_ring_of_rows(dtype, c):
             one = cpp.roi_align_forward(x, *args)[0]
             torch.set_num_threads(2)
             assert torch.equal(one, cpp.roi_align_forward(x, *args)[0]), (sr, aligned)
+            channels_last = x.contiguous(memory_format=torch.channels_last)
+            assert torch.equal(one, cpp.roi_align_forward(channels_last, *args)[0]), (sr, aligned)
             tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
             assert_close(one, torch_ref.roi_align_forward(x, *args)[0], **tol)
             if tv is not None and (sr > 0 or not aligned):  # (torchvision cannot size an inverted adaptive grid)

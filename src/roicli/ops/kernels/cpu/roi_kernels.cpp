@@ -539,7 +539,7 @@ struct Offs {
 };
 
 // The valid samples of each of a RoI's P bins along one axis: out[p * g .. p * g + count[p]). Pixel i is at
-// offset (i - origin) * stride, or at place[i - origin] where given (the rows of a BlockRows ring).
+// offset (i - origin) * stride, or at place[i] where given (a map row in a BlockRows ring).
 template <typename A>
 void compact_taps(const Tap<A>* taps, int64_t pooled, int64_t g, int64_t origin, int64_t stride, Offs<A>* out,
                   int64_t* count, const int64_t* place = nullptr) {
@@ -548,9 +548,8 @@ void compact_taps(const Tap<A>* taps, int64_t pooled, int64_t g, int64_t origin,
     for (int64_t i = 0; i < g; ++i) {
       const Tap<A>& t = taps[p * g + i];
       if (!t.valid) continue;
-      const int64_t lo = t.lo - origin, hi = t.hi - origin;
-      out[p * g + count[p]++] =
-          place ? Offs<A>{place[lo], place[hi], t.wlo, t.whi} : Offs<A>{lo * stride, hi * stride, t.wlo, t.whi};
+      out[p * g + count[p]++] = place ? Offs<A>{place[t.lo], place[t.hi], t.wlo, t.whi}
+                                      : Offs<A>{(t.lo - origin) * stride, (t.hi - origin) * stride, t.wlo, t.whi};
     }
   }
 }
@@ -685,8 +684,10 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
       BlockRows<CB, S, A> block(in, st, img, c0, cn, box, box.empty() ? nullptr : sbuf.get(ring * bw * CB), ring);
       Slots<A> slots(sres.get(plan.active[img] * bins * CB), bins * CB, last - first);  // [PH * PW, CB] each
       std::vector<int64_t> left(last - first, ph);  // bin rows to go, per RoI
-      std::vector<int64_t> place(std::max<int64_t>(box.y1 - box.y0, 0));  // map row y0 + i: buf + place[i]
-      for (int64_t i = 0; i < int64_t(place.size()); ++i) place[i] = i % ring * bw * CB;
+      // map row y at buf + place[y]; every row of the map has a place (a RoI whose columns are all outside
+      // the map has rows outside the box, whose places it never reads)
+      std::vector<int64_t> place(h);
+      for (int64_t y = 0; y < h; ++y) place[y] = ((y - box.y0) % ring + ring) % ring * bw * CB;
       for (int64_t j = plan.start[img]; j < plan.start[img + 1]; ++j) {
         const auto& u = plan.units[j];
         const int64_t i = plan.position[u.roi] - first;
@@ -701,7 +702,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
         Offs<A>* ox = sox.get(pw * gx + 1);
         int64_t* ny = sny.get(rows);
         int64_t* nx = snx.get(pw);
-        compact_taps(ay.bin(roi, u.y0), rows, gy, box.y0, bw * CB, oy, ny, place.data());
+        compact_taps(ay.bin(roi, u.y0), rows, gy, 0, 0, oy, ny, place.data());
         compact_taps(ax.bin(roi, 0), pw, gx, box.x0, CB, ox, nx);
         for (int64_t y = 0; y < rows; ++y) {
           for (int64_t x = 0; x < pw; ++x) {

@@ -1,7 +1,7 @@
 """Time the kernel implementations of roicli's ops against torchvision and against the memory floor.
 
     python benchmarks/bench_kernels.py [--workload NAME ...] [--op TEXT] [--threads 1 2] [--repeat 5] [--load]
-                                       [--no-torch]
+                                       [--no-torch] [--against FILE.cpp]
 
 Rows call the kernel functions (`roicli.ops.kernels.cpp`, `.torch_ref`) directly, so the numbers are
 the kernels' own, without the front door. Every timing is paired with its baseline in one process,
@@ -11,7 +11,10 @@ pairs of (A1 + A2) / (B1 + B2):
 * `cpp/tv`, `torch/tv`: against torchvision's op (forward; forward+backward through autograd with
   the gradient of `.sum()`, the kernels get the same all-ones gradient);
 * `cpp/floor`: against the floor, the same-process time to allocate and fill the output (and for
-  forward+backward also the gradient of the input) and read the input once (`x.sum()`).
+  forward+backward also the gradient of the input) and read the input once (`x.sum()`);
+* `cpp/against` (with `--against FILE.cpp`): against another version of `cpu/roi_kernels.cpp`, built
+  beside this one in the same process (e.g. `git show REV:src/roicli/ops/kernels/cpu/roi_kernels.cpp`):
+  a kernel change's A/B, with bit-equality of the two outputs checked first.
 
 `--load` runs `python -c "while True: pass"` beside the benchmark (one busy core), like a user's
 machine that is not idle. The machine running this is shared: treat differences under ~10% as noise.
@@ -21,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from bench_ops import detection_boxes, feature_map
@@ -44,6 +49,42 @@ except ImportError:
     torch_ref = None
 
 Fn = Callable[[], object]
+
+
+class Against:
+    """cpp.py's kernel functions served by another build of a kernel source: each call points cpp.py at
+    that build (its operators renamed to `roicli_cpp_against`) for its duration."""
+
+    def __init__(self, source: Path) -> None:
+        from torch.utils import cpp_extension
+
+        text = source.read_text().replace("TORCH_LIBRARY(roicli_cpp,", "TORCH_LIBRARY(roicli_cpp_against,")
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        directory = cpp.build_directory().parent / f"against-{digest}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "kernels.cpp").write_text(text)
+        name = f"roicli_against_{digest}"
+        if not (directory / f"{name}.so").exists():
+            cpp_extension.load(name=name, sources=[str(directory / "kernels.cpp")], extra_cflags=cpp._CFLAGS,
+                               extra_ldflags=cpp._LDFLAGS, build_directory=str(directory), is_python_module=False)
+        torch.ops.load_library(str(directory / f"{name}.so"))
+        self.ops = torch.ops.roicli_cpp_against
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        fn = getattr(cpp, name)
+
+        def call(*args: object) -> object:
+            mine = cpp.load()
+            cpp._state["ops"] = self.ops
+            try:
+                return fn(*args)
+            finally:
+                cpp._state["ops"] = mine
+
+        return call
+
+
+_against: Against | None = None  # --against
 
 
 @dataclass
@@ -71,7 +112,7 @@ def _rows(workload, label, x, shape, call, tv_call, backward_too=True) -> list[R
     for backward in (False, True) if backward_too else (False,):
         impls: dict[str, Fn | None] = {
             name: None if mod is None else functools.partial(call, mod, backward)
-            for name, mod in (("cpp", cpp), ("torch", torch_ref))
+            for name, mod in (("cpp", cpp), ("torch", torch_ref), ("against", _against))
         }
         impls["tv"] = _tv(tv_call, x, backward)
         impls["floor"] = _floor(x, shape, backward)
@@ -179,14 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--no-torch", action="store_true", help="skip the pure-torch kernels (slow)")
     parser.add_argument("--op", default="", help="only the rows whose op contains this text, e.g. 'roi_pool'")
+    parser.add_argument("--against", type=Path, help="another roi_kernels.cpp to time the current one against")
     args = parser.parse_args(argv)
 
     cpp.load()  # build outside the timings
+    global _against
+    _against = Against(args.against) if args.against else None
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.load else None
     try:
         print(f"torch {torch.__version__}, tv {'yes' if tv_ops else 'no'}, load: {'one busy core' if busy else 'none'}")
         print(f"{'workload':14} {'op':28} {'thr':>3} {'cpp ms':>8} {'torch ms':>9} {'tv ms':>8} {'floor ms':>8} "
-              f"{'cpp/tv':>7} {'torch/tv':>8} {'cpp/floor':>9}")
+              f"{'cpp/tv':>7} {'torch/tv':>8} {'cpp/floor':>9}" + (f" {'cpp/against':>11}" if _against else ""))
         for name in args.workload:
             rows = WORKLOADS[name](torch.Generator().manual_seed(0))
             for threads in args.threads:
@@ -219,8 +263,14 @@ def _report(row: Row, threads: int, repeat: int, with_torch: bool) -> None:
     cells.update({"floor": f"{b:.2f}", "cpp/floor": f"{r:.2f}"})
     if cells["cpp"] == "-":
         cells["cpp"] = f"{a:.2f}"
+    against = ""
+    if impls["against"] is not None:
+        if not torch.equal(impls["cpp"](), impls["against"]()):
+            raise SystemExit(f"{row.workload} {row.op}: the two kernel versions give different results")
+        against = f" {paired(impls['cpp'], impls['against'], repeat)[2]:>11.3f}"
     print(f"{row.workload:14} {row.op:28} {threads:>3} {cells['cpp']:>8} {cells['torch']:>9} {cells['tv']:>8} "
-          f"{cells['floor']:>8} {cells['cpp/tv']:>7} {cells['torch/tv']:>8} {cells['cpp/floor']:>9}", flush=True)
+          f"{cells['floor']:>8} {cells['cpp/tv']:>7} {cells['torch/tv']:>8} {cells['cpp/floor']:>9}{against}",
+          flush=True)
 
 
 if __name__ == "__main__":

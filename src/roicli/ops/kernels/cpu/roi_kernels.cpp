@@ -445,6 +445,23 @@ void grad_tile(const S* grad, const at::Tensor& g, int64_t k, int64_t c0, int64_
   const int64_t bins = g.size(2) * pw_;
   const int64_t sk = g.stride(0), sc = g.stride(1), sh = g.stride(2), sw = g.stride(3);
   if (sw == 1 && sh == pw_) {  // each channel's bins contiguous (the usual case)
+    if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
+      if (cn == CB) {  // 8 bins x 8 channels at a time through registers, the tail one by one
+        const S* src = grad + k * sk + c0 * sc;
+        int64_t b = 0;
+        for (; b + 8 <= bins; b += 8) {
+          for (int64_t half = 0; half < CB; half += 8) {
+            v8f v[8];
+            for (int j = 0; j < 8; ++j) v[j] = vload<v8f>(src + (half + j) * sc + b);
+            transpose8(v);
+            for (int i = 0; i < 8; ++i) vstore(tile + (b + i) * CB + half, v[i]);
+          }
+        }
+        for (; b < bins; ++b)
+          for (int64_t j = 0; j < CB; ++j) tile[b * CB + j] = src[j * sc + b];
+        return;
+      }
+    }
     for (int64_t j = 0; j < CB; ++j) {
       const S* src = grad + k * sk + (c0 + j) * sc;
       if (j < cn) {

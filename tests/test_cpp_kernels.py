@@ -263,6 +263,23 @@ def test_tall_rois_on_a_wide_map_are_pooled_through_a_ring_of_rows(dtype, c):
         torch.set_num_threads(threads)
 
 
+def test_many_tall_rois_at_once_are_pooled_whole():
+    """Where the results of the RoIs begun and unfinished at once would take more than kSlotBytes (2 MiB:
+    here 2000 tall RoIs of 14 x 14 bins, 16 float32 lanes), roi_align avg pools an image's RoIs whole
+    instead of a few bin rows at a time: the same bits as the RoIs pooled 25 at a time (few slots)."""
+    g = torch.Generator().manual_seed(32)
+    n, c, h, w, k = 1, 16, 64, 2048, 2000
+    x = torch.randn(n, c, h, w, generator=g)
+    x0 = torch.rand(k, generator=g, dtype=torch.float64) * (w - 100)
+    y0 = torch.rand(k, generator=g, dtype=torch.float64) * 20 - 4
+    height = torch.rand(k, generator=g, dtype=torch.float64) * 30 + 30
+    rois = torch.stack([torch.zeros(k, dtype=torch.float64), x0, y0, x0 + 60, y0 + height], 1).float()
+    for args in [(1.0, 14, 14, 2, True, "avg"), (1.0, 14, 14, -1, False, "avg")]:
+        whole = cpp.roi_align_forward(x, rois, *args)[0]
+        parts = [cpp.roi_align_forward(x, rois[i : i + 25], *args)[0] for i in range(0, k, 25)]
+        assert torch.equal(whole, torch.cat(parts)), args
+
+
 def test_thread_count_does_not_change_a_bit():
     # big enough (> 2^20 elements moved) for the kernels to use more than one thread
     x, rois = _problem(13, n=3, c=61, h=70, w=90, k=120, dtype=torch.float32)

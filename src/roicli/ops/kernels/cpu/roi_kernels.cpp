@@ -49,6 +49,7 @@
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -585,8 +586,11 @@ inline V sample(const View<A>& v, const Tap<A>& ty, const Tap<A>& tx) {
 // forward item then holds only the last `window` rows of its block (a BlockRows ring) instead of all of
 // them: the ring stays in L2 where the whole block (3.5 MB for 16 channels of a 200x272 map) would be
 // written out to L3 and read back each item (maskrcnn-mask at one thread: 0.82x the time, A/B in one process).
-// A RoI's results stay in one of `active` slots (Slots) from its first unit to its last.
+// A RoI's results stay in one of `active` slots (Slots) from its first unit to its last. Where the slots
+// would take more than kSlotBytes (many tall RoIs begun at once), an image's RoIs are whole units instead:
+// one slot, and the whole-block buffer's traffic, but no memory that grows with K.
 constexpr int64_t kRingBytes = int64_t(1) << 19;
+constexpr int64_t kSlotBytes = int64_t(1) << 21;
 
 template <typename A>
 struct RowUnits {
@@ -597,48 +601,59 @@ struct RowUnits {
   std::vector<int64_t> start, window, active;  // per image: units[start[n] .. start[n + 1]), see above
   std::vector<int64_t> position;            // per RoI: its place in ByImage::order
 
-  RowUnits(const ByImage<A>& by, const AlignAxis<A>& ay, const AlignAxis<A>& ax, int64_t n, int64_t ph,
+  RowUnits(const ByImage<A>& by, const AlignAxis<A>& ay, const AlignAxis<A>& ax, int64_t n, int64_t ph, int64_t pw,
            int64_t lane_bytes)
       : start(n + 1, 0), window(n, 1), active(n, 0), position(by.order.size()) {
-    std::vector<int64_t> left(by.order.size());
     for (int64_t img = 0; img < n; ++img) {
-      const int64_t a = by.start[img], b = by.start[img + 1];
       int64_t x0 = std::numeric_limits<int64_t>::max(), x1 = 0;
-      for (int64_t i = a; i < b; ++i) {
+      for (int64_t i = by.start[img]; i < by.start[img + 1]; ++i) {
         const auto& span = ax.span[by.order[i]];
         if (span.second > span.first) x0 = std::min(x0, span.first), x1 = std::max(x1, span.second);
       }
-      const int64_t limit = std::max<int64_t>(1, kRingBytes / (std::max<int64_t>(x1 - x0, 1) * lane_bytes));
-      const size_t begin = units.size();
-      for (int64_t i = a; i < b; ++i) {
-        const int64_t roi = by.order[i], g = ay.grid[roi];
-        position[roi] = i;
-        Unit u{roi, 0, 0, 0, 0};
-        for (int64_t y = 0; y < ph; ++y) {
-          int64_t lo = 0, hi = 0;  // the rows bin row y reads (none: lo == hi)
-          for (const Tap<A>* t = ay.bin(roi, y); t < ay.bin(roi, y) + g; ++t) {
-            if (t->valid) lo = hi > lo ? std::min<int64_t>(lo, t->lo) : t->lo, hi = std::max<int64_t>(hi, t->hi + 1);
-          }
-          const int64_t both_lo = u.hi == u.lo ? lo : hi == lo ? u.lo : std::min(lo, u.lo);
-          const int64_t both_hi = std::max(hi, u.hi);
-          if (y > u.y0 && both_hi - both_lo > limit) {  // bin row y starts the next unit
-            units.push_back(u);
-            u = Unit{roi, y, y + 1, lo, hi};
-          } else {
-            u.y1 = y + 1, u.lo = both_lo, u.hi = both_hi;
-          }
-        }
-        units.push_back(u);
-      }
-      std::stable_sort(units.begin() + begin, units.end(), [](const Unit& p, const Unit& q) { return p.hi < q.hi; });
-      int64_t now = 0;
-      for (size_t j = begin; j < units.size(); ++j) {
-        const Unit& u = units[j];
-        window[img] = std::max(window[img], u.hi - u.lo);
-        if (left[u.roi] == 0) left[u.roi] = ph, active[img] = std::max(active[img], ++now);
-        if ((left[u.roi] -= u.y1 - u.y0) == 0) --now;
+      plan(by, ay, img, ph, std::max<int64_t>(1, kRingBytes / (std::max<int64_t>(x1 - x0, 1) * lane_bytes)));
+      if (active[img] * ph * pw * lane_bytes > kSlotBytes) {
+        units.resize(start[img]);
+        plan(by, ay, img, ph, std::numeric_limits<int64_t>::max());
       }
       start[img + 1] = int64_t(units.size());
+    }
+  }
+
+ private:
+  // Image img's units (each reading at most `limit` rows, or one bin row), sorted, and its window and active.
+  void plan(const ByImage<A>& by, const AlignAxis<A>& ay, int64_t img, int64_t ph, int64_t limit) {
+    const int64_t a = by.start[img], b = by.start[img + 1];
+    const size_t begin = units.size();
+    for (int64_t i = a; i < b; ++i) {
+      const int64_t roi = by.order[i], g = ay.grid[roi];
+      position[roi] = i;
+      Unit u{roi, 0, 0, 0, 0};
+      for (int64_t y = 0; y < ph; ++y) {
+        int64_t lo = 0, hi = 0;  // the rows bin row y reads (none: lo == hi)
+        for (const Tap<A>* t = ay.bin(roi, y); t < ay.bin(roi, y) + g; ++t) {
+          if (t->valid) lo = hi > lo ? std::min<int64_t>(lo, t->lo) : t->lo, hi = std::max<int64_t>(hi, t->hi + 1);
+        }
+        const int64_t both_lo = u.hi == u.lo ? lo : hi == lo ? u.lo : std::min(lo, u.lo);
+        const int64_t both_hi = std::max(hi, u.hi);
+        if (y > u.y0 && both_hi - both_lo > limit) {  // bin row y starts the next unit
+          units.push_back(u);
+          u = Unit{roi, y, y + 1, lo, hi};
+        } else {
+          u.y1 = y + 1, u.lo = both_lo, u.hi = both_hi;
+        }
+      }
+      units.push_back(u);
+    }
+    std::stable_sort(units.begin() + begin, units.end(), [](const Unit& p, const Unit& q) { return p.hi < q.hi; });
+    std::unordered_map<int64_t, int64_t> left;  // bin rows to go, per RoI begun
+    int64_t now = 0;
+    window[img] = 1, active[img] = 0;
+    for (size_t j = begin; j < units.size(); ++j) {
+      const Unit& u = units[j];
+      window[img] = std::max(window[img], u.hi - u.lo);
+      auto [it, first] = left.try_emplace(u.roi, ph);
+      if (first) active[img] = std::max(active[img], ++now);
+      if ((it->second -= u.y1 - u.y0) == 0) --now;
     }
   }
 };
@@ -683,7 +698,7 @@ std::tuple<at::Tensor, at::Tensor> align_forward_impl(const at::Tensor& input, c
   using V = Vec<A, CB>;
   using M = Mask<A, CB>;
   const bool stream = streams(out);
-  const RowUnits<A> plan(by, ay, ax, max_mode ? 0 : n, ph, CB * int64_t(sizeof(A)));
+  const RowUnits<A> plan(by, ay, ax, max_mode ? 0 : n, ph, pw, CB * int64_t(sizeof(A)));
   for_each_forward_item<CB>(by, n, c, out.numel() + input.numel(), {out, argmax}, [&](int64_t img, int64_t c0, int64_t cn, int64_t first, int64_t last) {
     Box box;
     for (int64_t i = first; i < last; ++i) box.add(ay.box(by.order[i], ax));

@@ -118,6 +118,15 @@ inline void transpose8(v8f r[8]) {
   }
 }
 
+// An 8 x 8 block of float32 moved through one transpose8: dst[i * ds + j] = src[j * ss + i]. Every planar <->
+// channels-last copy goes through it (8 pixels or bins x 8 channels at a time).
+inline void transpose8_block(const float* src, int64_t ss, float* dst, int64_t ds) {
+  v8f v[8];
+  for (int j = 0; j < 8; ++j) v[j] = vload<v8f>(src + j * ss);
+  transpose8(v);
+  for (int i = 0; i < 8; ++i) vstore(dst + i * ds, v[i]);
+}
+
 // ------------------------------------------------------------------------------------------------
 // outputs
 // ------------------------------------------------------------------------------------------------
@@ -260,12 +269,8 @@ void copy_rows(const S* in, const Planes& st, int64_t n, int64_t c0, int64_t cn,
       if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
         if (st.sw == 1 && cn == CB) {  // 8 pixels x 8 channels at a time through registers
           for (; x0 + 8 <= bw; x0 += 8) {
-            for (int64_t half = 0; half < CB; half += 8) {
-              v8f v[8];
-              for (int c = 0; c < 8; ++c) v[c] = vload<v8f>(line + (half + c) * st.sc + x0);
-              transpose8(v);
-              for (int i = 0; i < 8; ++i) vstore(row + (x0 + i) * CB + half, v[i]);
-            }
+            for (int64_t half = 0; half < CB; half += 8)
+              transpose8_block(line + half * st.sc + x0, st.sc, row + x0 * CB + half, CB);
           }
         }
       }
@@ -326,12 +331,8 @@ void store_block(S* gi, int64_t c, int64_t h, int64_t w, int64_t n, int64_t c0, 
       int64_t x = 0;
       if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
         for (; x + 8 <= bw; x += 8) {  // 8 pixels x 8 channels at a time through registers
-          for (int64_t half = 0; half < CB; half += 8) {
-            v8f v[8];
-            for (int i = 0; i < 8; ++i) v[i] = vload<v8f>(src + (x + i) * CB + half);
-            transpose8(v);
-            for (int j = 0; j < 8; ++j) vstore(rows[half + j] + box.x0 + x, v[j]);
-          }
+          for (int64_t half = 0; half < CB; half += 8)
+            transpose8_block(src + x * CB + half, CB, rows[half] + box.x0 + x, h * w);  // rows: h * w apart
         }
       }
       for (; x < bw; ++x)
@@ -373,12 +374,8 @@ void store_tile(S* dst, const A* res, int64_t cn, int64_t bins, A* tr, bool stre
     if (cn == CB) {
       int64_t b = 0;
       for (; b + 8 <= bins; b += 8) {
-        for (int64_t half = 0; half < CB; half += 8) {
-          v8f v[8];
-          for (int i = 0; i < 8; ++i) v[i] = vload<v8f>(res + (b + i) * CB + half);
-          transpose8(v);
-          for (int j = 0; j < 8; ++j) vstore(tr + (half + j) * bins + b, v[j]);
-        }
+        for (int64_t half = 0; half < CB; half += 8)
+          transpose8_block(res + b * CB + half, CB, tr + half * bins + b, bins);
       }
       for (; b < bins; ++b)
         for (int64_t j = 0; j < CB; ++j) tr[j * bins + b] = res[b * CB + j];
@@ -451,12 +448,8 @@ void grad_tile(const S* grad, const at::Tensor& g, int64_t k, int64_t c0, int64_
         const S* src = grad + k * sk + c0 * sc;
         int64_t b = 0;
         for (; b + 8 <= bins; b += 8) {
-          for (int64_t half = 0; half < CB; half += 8) {
-            v8f v[8];
-            for (int j = 0; j < 8; ++j) v[j] = vload<v8f>(src + (half + j) * sc + b);
-            transpose8(v);
-            for (int i = 0; i < 8; ++i) vstore(tile + (b + i) * CB + half, v[i]);
-          }
+          for (int64_t half = 0; half < CB; half += 8)
+            transpose8_block(src + half * sc + b, sc, tile + b * CB + half, CB);
         }
         for (; b < bins; ++b)
           for (int64_t j = 0; j < CB; ++j) tile[b * CB + j] = src[j * sc + b];

@@ -75,23 +75,47 @@ def _level_rois(levels: Tensor, n_levels: int) -> list[Tensor]:
     return [torch.nonzero(levels == lvl).squeeze(1) for lvl in range(n_levels)]
 
 
+def pool_levels(
+    op: Callable[[Tensor, Tensor, float], Tensor],
+    features: Sequence[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    scales: Sequence[float],
+) -> Tensor:
+    """`op(features[l], rois_of_level_l, scales[l])` for each level; results in input RoI order.
+
+    rois `Tensor[K, 5]`, levels `Tensor[K]` (from `fpn_levels`). One op call per level, no loop
+    over RoIs. A RoI of no level (a level outside `[0, L)`) gets zeros. For eager use with any op
+    (the operator `multiscale_roi_align`'s kernel is this with `roi_align`); the split has
+    data-dependent sizes, so it does not compile into one graph.
+    """
+    out = None
+    for lvl, idx in enumerate(_level_rois(levels, len(features))):
+        if idx.numel() == 0:
+            continue
+        pooled = op(features[lvl], rois[idx], scales[lvl])  # [K_l, C, PH, PW]
+        if out is None:
+            out = pooled.new_zeros((rois.shape[0], *pooled.shape[1:]))  # [K, C, PH, PW]
+        out.index_put_((idx,), pooled)  # in place: no copy of the whole output per level
+    if out is None:  # no RoI of any level: the output's shape from an empty call
+        empty = op(features[0], rois[:0], scales[0])  # [0, C, PH, PW]
+        out = empty if rois.shape[0] == 0 else empty.new_zeros((rois.shape[0], *empty.shape[1:]))
+    return out
+
+
 # --------------------------------------------------------------------------- real kernels
 
 
 def _multiscale_roi_align(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned,
                           canonical_size, canonical_level):
-    first = features[0]
-    check_values(rois, first.shape[0])  # before the levels read them: row numbers of the whole set
+    check_values(rois, features[0].shape[0])  # before the levels read them: row numbers of the whole set
     levels = fpn_levels(rois, scales, canonical_size, canonical_level)  # [K]
-    out = first.new_zeros((rois.shape[0], first.shape[1], pooled_height, pooled_width))  # [K, C, PH, PW]
     align = torch.ops.roicli.roi_align.default
-    for lvl, idx in enumerate(_level_rois(levels, len(features))):
-        if idx.numel() == 0:
-            continue
-        pooled = align(features[lvl], rois[idx], scales[lvl], pooled_height, pooled_width, sampling_ratio,
-                       aligned, "avg")[0]  # [K_l, C, PH, PW]
-        out.index_put_((idx,), pooled)
-    return out
+
+    def pool(feat: Tensor, r: Tensor, scale: float) -> Tensor:
+        return align(feat, r, scale, pooled_height, pooled_width, sampling_ratio, aligned, "avg")[0]
+
+    return pool_levels(pool, features, rois, levels, scales)
 
 
 def _multiscale_roi_align_backward(grad, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned,

@@ -7,14 +7,14 @@ and scripted graphs hold one node for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from roicli.errors import ValidationError
 from roicli.ops import _multiscale_op, _scripted
-from roicli.ops._multiscale_op import fpn_levels
+from roicli.ops._multiscale_op import fpn_levels, pool_levels
 from roicli.ops._validate import BoxesLike, as_rois, check_input, to_pair
 
 __all__ = ["fpn_levels", "multiscale_roi_align", "pool_levels"]
@@ -75,35 +75,6 @@ def multiscale_roi_align(
         list(features), rois, [float(s) for s in scales], ph, pw, sampling_ratio, bool(aligned),
         float(canonical_size), int(canonical_level),
     )
-
-
-def pool_levels(
-    op: Callable[[Tensor, Tensor, float], Tensor],
-    features: Sequence[Tensor],
-    rois: Tensor,
-    levels: Tensor,
-    scales: Sequence[float],
-) -> Tensor:
-    """`op(features[l], rois_of_level_l, scales[l])` for each level; results in input RoI order.
-
-    rois `Tensor[K, 5]`, levels `Tensor[K]` (from `fpn_levels`). One op call per level, no loop
-    over RoIs. A RoI of no level (a level outside `[0, L)`) gets zeros, as in the operator. For
-    eager use with any op (the operator `multiscale_roi_align` is this with `roi_align`); the
-    split has data-dependent sizes, so it does not compile into one graph.
-    """
-    out = None
-    for lvl, (feat, scale) in enumerate(zip(features, scales)):
-        idx = torch.nonzero(levels == lvl).squeeze(1)
-        if idx.numel() == 0:
-            continue
-        pooled = op(feat, rois[idx], scale)  # [K_l, C, PH, PW]
-        if out is None:
-            out = pooled.new_zeros((rois.shape[0], *pooled.shape[1:]))  # [K, C, PH, PW]
-        out.index_put_((idx,), pooled)  # in place: no copy of the whole output per level
-    if out is None:  # no RoI of any level: the output's shape from an empty call
-        empty = op(features[0], rois[:0], scales[0])  # [0, C, PH, PW]
-        out = empty if rois.shape[0] == 0 else empty.new_zeros((rois.shape[0], *empty.shape[1:]))
-    return out
 
 
 _scripted._scriptable(multiscale_roi_align, _multiscale_op.scripted_multiscale_roi_align)
